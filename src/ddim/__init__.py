@@ -1,0 +1,25 @@
+"""ddim: denoising diffusion models. DDPM training; DDIM and higher-order sampling, inversion,
+interpolation; metrics."""
+
+from ddim.noise import PerSampleNoise
+from ddim.objectives import diffusion_loss
+from ddim.prediction import Prediction, make_predictor
+from ddim.samplers import SAMPLERS, slerp
+from ddim.sampling import Trajectory, invert, sample
+from ddim.schedule import NoiseSchedule
+from ddim.timesteps import SPACINGS, make_timesteps
+
+__all__ = [
+    "SAMPLERS",
+    "SPACINGS",
+    "NoiseSchedule",
+    "PerSampleNoise",
+    "Prediction",
+    "Trajectory",
+    "diffusion_loss",
+    "invert",
+    "make_predictor",
+    "make_timesteps",
+    "sample",
+    "slerp",
+]

@@ -1,0 +1,94 @@
+"""The DDPM training objective: per-example losses [N], with the timestep draw and the loss
+weighting passed in; the trainer reduces and logs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from ddim.prediction import PREDICTIONS, target_of, x0_from_eps, x0_from_v
+from ddim.schedule import NoiseSchedule
+
+WEIGHTINGS = ("uniform", "min_snr")
+
+
+def sample_timesteps(n: int, T: int, generator: torch.Generator | None = None, device=None) -> Tensor:  # noqa: N803
+    """t ~ Uniform{0..T-1} (Ho et al. 2020, Alg. 1)."""
+    gen_device = generator.device if generator is not None else "cpu"
+    return torch.randint(0, T, (n,), generator=generator, device=gen_device).to(device)
+
+
+def min_snr_weight(snr: Tensor, prediction: str, gamma: float = 5.0) -> Tensor:
+    """Min-SNR-gamma (Hang et al. 2023, eq. 9 and sec. 3.4): the x0-loss weight min(SNR, gamma)
+    expressed for each target: / SNR for eps, / (SNR + 1) for v."""
+    clipped = snr.clamp(max=gamma)
+    if prediction == "x0":
+        return clipped
+    if prediction == "eps":
+        return torch.where(snr > 0, clipped / snr, torch.ones_like(snr))  # limit 1 as SNR -> 0
+    return clipped / (snr + 1)
+
+
+def diffusion_loss(
+    model: Callable[..., Tensor],
+    x0: Tensor,
+    schedule: NoiseSchedule,
+    *,
+    prediction: str = "eps",
+    weighting: str = "uniform",
+    min_snr_gamma: float = 5.0,
+    offset_noise: float = 0.0,
+    self_condition: bool = False,
+    t: Tensor | None = None,
+    noise: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    model_kwargs: dict | None = None,
+) -> Tensor:
+    """Per-example loss [N]: || target - model(x_t, t) ||^2 averaged over each example's values,
+    x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps (Ho et al. 2020, eq. 4 and Alg. 1).
+
+    offset_noise adds offset * N(0, 1) constant over the dimensions after the channel one
+    (Guttenberg 2023), so the model learns to change an image's mean. With self_condition,
+    half the batch gets the model's own x0 estimate (no gradient) as extra input (Chen et al.
+    2022, "Analog Bits", Alg. 1); the model is called as model(x_t, t, x0_self_cond)."""
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
+    n = x0.shape[0]
+    kwargs = model_kwargs or {}
+    gen_device = generator.device if generator is not None else "cpu"
+    if t is None:
+        t = sample_timesteps(n, schedule.T, generator, x0.device)
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, device=gen_device).to(x0)
+        if offset_noise > 0:
+            shape = (n, x0.shape[1]) + (1,) * (x0.ndim - 2)
+            offset = torch.randn(shape, generator=generator, device=gen_device).to(x0)
+            noise = noise + offset_noise * offset
+    a64 = schedule.alphas_cumprod[t.cpu()]
+    a = a64.to(device=x0.device, dtype=x0.dtype)
+    shape = (-1,) + (1,) * (x0.ndim - 1)
+    x_t = a.sqrt().view(shape) * x0 + (1 - a).sqrt().view(shape) * noise  # Ho et al. eq. 4
+    if self_condition:
+        cond = torch.zeros_like(x0)
+        use = torch.rand(n, generator=generator, device=gen_device).to(x0.device) < 0.5
+        if bool(use.any()):
+            with torch.no_grad():
+                out = model(x_t, t, cond, **kwargs)
+            est = out if prediction == "x0" else (
+                x0_from_eps(x_t, out, a) if prediction == "eps" else x0_from_v(x_t, out, a)
+            )
+            cond = torch.where(use.view(shape), est.detach(), cond)
+        output = model(x_t, t, cond, **kwargs)
+    else:
+        output = model(x_t, t, **kwargs)
+    target = target_of(prediction, noise, x0, a)
+    loss = (output.float() - target.float()).pow(2).flatten(1).mean(1)
+    if weighting == "min_snr":
+        snr = a64 / (1 - a64)
+        loss = loss * min_snr_weight(snr, prediction, min_snr_gamma).to(loss)
+    return loss
+

@@ -1,0 +1,35 @@
+"""Shared pieces of the samplers: the per-step schedule values and the deterministic DDIM move."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+from torch import Tensor
+
+from ddim.schedule import NoiseSchedule
+
+Callback = Callable[[int, int, Tensor, Tensor], None]  # (i, t, x, x0_estimate)
+
+
+class Step(NamedTuple):
+    t: int  # the timestep the model is evaluated at
+    a_t: float  # alphas_cumprod[t]
+    a_prev: float  # alphas_cumprod of the next grid point; 1.0 after the last (clean data)
+
+
+def grid_steps(schedule: NoiseSchedule, timesteps: Sequence[int] | Tensor) -> list[Step]:
+    """The steps of a decreasing grid with their a values, as Python floats computed once in
+    float64 on the CPU, so the sampling loop never reads a device tensor back to the host."""
+    ts = [int(t) for t in timesteps]
+    if any(b >= a for a, b in zip(ts, ts[1:])):
+        raise ValueError(f"timesteps must be strictly decreasing, got {ts}")
+    if ts and not 0 <= ts[-1] <= ts[0] < schedule.T:
+        raise ValueError(f"timesteps must lie in [0, {schedule.T - 1}], got {ts}")
+    a = schedule.alphas_cumprod.tolist()
+    return [Step(t, a[t], a[ts[i + 1]] if i + 1 < len(ts) else 1.0) for i, t in enumerate(ts)]
+
+
+def ddim_move(x0: Tensor, eps: Tensor, a_prev: float, sigma: float = 0.0) -> Tensor:
+    """DDIM eq. 12 without its noise term: sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps."""
+    return a_prev**0.5 * x0 + max(1.0 - a_prev - sigma**2, 0.0) ** 0.5 * eps

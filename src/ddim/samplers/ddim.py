@@ -1,0 +1,89 @@
+"""DDIM sampling (Song, Meng, Ermon 2020) for any eta >= 0, and the deterministic DDIM encoder.
+
+Notation: a_t = alphas_cumprod[t], a_prev = a at the next grid point (1 after the last one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor
+
+from ddim.noise import Generators, PerSampleNoise
+from ddim.prediction import Predict, x0_from_eps
+from ddim.samplers._common import Callback, ddim_move, grid_steps
+from ddim.schedule import NoiseSchedule
+
+
+def ddim_sigma(a_t: float, a_prev: float, eta: float) -> float:
+    """DDIM eq. 16: sigma = eta sqrt((1 - a_prev)/(1 - a_t)) sqrt(1 - a_t/a_prev).
+    At eta = 1 this is the DDPM posterior standard deviation sqrt(beta-tilde) (Ho et al. eq. 7)."""
+    return eta * ((1 - a_prev) / (1 - a_t)) ** 0.5 * (1 - a_t / a_prev) ** 0.5
+
+
+def ddim(
+    predict: Predict,
+    x: Tensor,
+    schedule: NoiseSchedule,
+    timesteps: Sequence[int] | Tensor,
+    *,
+    eta: float = 0.0,
+    generator: Generators = None,
+    noise: Tensor | None = None,
+    callback: Callback | None = None,
+) -> Tensor:
+    """Walk x = x_T down the grid with DDIM eq. 12; return the final x0 estimate.
+
+    eta = 0 is deterministic (the probability-flow ODE's DDIM discretisation); eta = 1 is DDPM's
+    ancestral sampler on this grid. Noise comes from `generator` (one stream per example) or
+    `noise` [steps, *x.shape]."""
+    if not eta >= 0:
+        raise ValueError(f"eta must be >= 0 (0: deterministic DDIM, 1: DDPM), got {eta}")
+    steps = grid_steps(schedule, timesteps)
+    if noise is not None and noise.shape != (len(steps), *x.shape):
+        raise ValueError(f"noise must have shape {(len(steps), *x.shape)}, got {tuple(noise.shape)}")
+    source = PerSampleNoise.split(generator, len(x)) if eta > 0 and noise is None else None
+    x0 = None
+    for i, (t, a_t, a_prev) in enumerate(steps):
+        eps, x0 = predict(x, t, x0)
+        sigma = ddim_sigma(a_t, a_prev, eta)
+        x_prev = ddim_move(x0, eps, a_prev, sigma)  # DDIM eq. 12
+        if sigma > 0:
+            z = noise[i] if noise is not None else source.randn(x.shape[1:], x.device, x.dtype)
+            x_prev = x_prev + sigma * z
+        x = x_prev
+        if callback is not None:
+            callback(i, t, x, x0)
+    return x
+
+
+def ddim_invert(
+    predict: Predict,
+    x0: Tensor,
+    schedule: NoiseSchedule,
+    timesteps: Sequence[int] | Tensor,
+    *,
+    refine: int = 0,
+    callback: Callback | None = None,
+) -> Tensor:
+    """The DDIM encoder x0 -> x_T (DDIM sec. 4.3 / 5.4): eq. 12 with eta = 0 run upwards along
+    the same (decreasing) grid, so that `ddim(predict, x_T, ...)` decodes it back.
+
+    Each move a_cur -> a_t uses eps = model(x_cur, t), evaluated at the timestep it moves to,
+    since that is where the decoder will evaluate it. `refine` > 0 repeats the move with eps
+    re-evaluated at the new point (a fixed-point iteration), which makes the move the exact
+    inverse of the decoder's step at convergence."""
+    if refine < 0:
+        raise ValueError(f"refine must be >= 0, got {refine}")
+    steps = grid_steps(schedule, timesteps)[::-1]
+    x, a_cur, x0_est = x0, 1.0, None
+    for i, (t, a_t, _) in enumerate(steps):
+        eps, x0_est = predict(x, t, x0_est)
+        x_next = ddim_move(x0_from_eps(x, eps, a_cur), eps, a_t)
+        for _ in range(refine):
+            eps, x0_est = predict(x_next, t, x0_est)
+            x_next = ddim_move(x0_from_eps(x, eps, a_cur), eps, a_t)
+        x, a_cur = x_next, a_t
+        if callback is not None:
+            callback(i, t, x, x0_est)
+    return x
