@@ -78,8 +78,10 @@ def diffusion_loss(
         if bool(use.any()):
             with torch.no_grad():
                 out = model(x_t, t, cond, **kwargs)
-            est = out if prediction == "x0" else (
-                x0_from_eps(x_t, out, a) if prediction == "eps" else x0_from_v(x_t, out, a)
+            est = (
+                out
+                if prediction == "x0"
+                else (x0_from_eps(x_t, out, a) if prediction == "eps" else x0_from_v(x_t, out, a))
             )
             cond = torch.where(use.view(shape), est.detach(), cond)
         output = model(x_t, t, cond, **kwargs)
@@ -91,4 +93,3 @@ def diffusion_loss(
         snr = a64 / (1 - a64)
         loss = loss * min_snr_weight(snr, prediction, min_snr_gamma).to(loss)
     return loss
-

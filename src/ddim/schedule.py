@@ -56,7 +56,10 @@ class NoiseSchedule:
 
     @classmethod
     def linear(
-        cls, T: int = 1000, beta_start: float | None = None, beta_end: float | None = None  # noqa: N803
+        cls,
+        T: int = 1000,
+        beta_start: float | None = None,
+        beta_end: float | None = None,  # noqa: N803
     ) -> NoiseSchedule:
         """Ho et al. 2020, sec. 4: betas linear from 1e-4 to 0.02 at T = 1000; by default the
         endpoints scale by 1000 / T for other T (Nichol & Dhariwal 2021, sec. 3.2) so that the
@@ -68,7 +71,10 @@ class NoiseSchedule:
 
     @classmethod
     def scaled_linear(
-        cls, T: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012  # noqa: N803
+        cls,
+        T: int = 1000,
+        beta_start: float = 0.00085,
+        beta_end: float = 0.012,  # noqa: N803
     ) -> NoiseSchedule:
         """Latent diffusion (Rombach et al. 2022): betas linear in sqrt(beta)."""
         return cls(torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float64) ** 2)
@@ -83,13 +89,17 @@ class NoiseSchedule:
 
     @classmethod
     def sigmoid(
-        cls, T: int = 1000, start: float = -3.0, end: float = 3.0, tau: float = 1.0,  # noqa: N803
+        cls,
+        T: int = 1000,
+        start: float = -3.0,
+        end: float = 3.0,
+        tau: float = 1.0,  # noqa: N803
         max_beta: float = 0.999,
     ) -> NoiseSchedule:
         """Jabri et al. 2022 (RIN), Alg. 1: a(t) = (sigmoid(end/tau) - sigmoid((t(end-start)+start)/tau))
         / (sigmoid(end/tau) - sigmoid(start/tau)), t in [0, 1]; betas from its ratios."""
         t = torch.arange(T + 1, dtype=torch.float64) / T
-        v_start, v_end = torch.sigmoid(torch.tensor(start / tau)), torch.sigmoid(torch.tensor(end / tau))
+        v_start, v_end = (torch.sigmoid(torch.tensor(v / tau, dtype=torch.float64)) for v in (start, end))
         f = (v_end - torch.sigmoid((t * (end - start) + start) / tau)) / (v_end - v_start)
         return cls((1 - f[1:] / f[:-1]).clamp(max=max_beta))
 

@@ -51,8 +51,7 @@ def make_timesteps(T: int, steps: int, spacing: str | Sequence[int] = "trailing"
             grid.append(max(math.floor(c * i * i), grid[-1] + 1 if grid else 0))
     else:
         raise ValueError(
-            f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)} or pass a list of "
-            "timesteps"
+            f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)} or pass a list of timesteps"
         )
     return torch.tensor(grid[::-1], dtype=torch.int64)
 

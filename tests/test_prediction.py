@@ -1,0 +1,105 @@
+"""eps <-> x0 <-> v conversions, the predictor adapter, clipping and thresholding."""
+
+import pytest
+import torch
+
+from ddim import NoiseSchedule, make_predictor
+from ddim.prediction import (
+    clip_x0,
+    dynamic_threshold,
+    eps_from_v,
+    eps_from_x0,
+    target_of,
+    to_eps_x0,
+    v_from,
+    x0_from_eps,
+    x0_from_v,
+)
+
+torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.randn(5, 3, 4, 4, generator=g), torch.randn(5, 3, 4, 4, generator=g)
+    a = torch.tensor([0.9999, 0.7, 0.3, 0.01, 1e-4])
+    x_t = a.sqrt().view(-1, 1, 1, 1) * x0 + (1 - a).sqrt().view(-1, 1, 1, 1) * eps
+    return x_t, x0, eps, a
+
+
+def test_round_trips_float64(batch):
+    x_t, x0, eps, a = batch
+    torch.testing.assert_close(x0_from_eps(x_t, eps, a), x0, rtol=0, atol=1e-12)
+    torch.testing.assert_close(eps_from_x0(x_t, x0, a), eps, rtol=0, atol=1e-12)
+    v = v_from(eps, x0, a)
+    torch.testing.assert_close(x0_from_v(x_t, v, a), x0, rtol=0, atol=1e-12)
+    torch.testing.assert_close(eps_from_v(x_t, v, a), eps, rtol=0, atol=1e-12)
+    for kind, out in (("eps", eps), ("x0", x0), ("v", v)):
+        got = to_eps_x0(out, x_t, a, kind)
+        torch.testing.assert_close(got.eps, eps, rtol=0, atol=1e-10)
+        torch.testing.assert_close(got.x0, x0, rtol=0, atol=1e-10)
+        torch.testing.assert_close(target_of(kind, eps, x0, a), out)
+
+
+def test_v_closed_form_at_a_half():
+    # Salimans & Ho: v = alpha eps - sigma x0; at a = 1/2 it is (eps - x0)/sqrt(2)
+    eps, x0 = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    torch.testing.assert_close(v_from(eps, x0, 0.5), torch.tensor([[1.0, -1.0]]) / 2**0.5)
+
+
+def test_eps_at_zero_terminal_snr_is_finite():
+    x = torch.randn(4, 3, dtype=torch.float32)
+    x0 = x0_from_eps(x, x * 0.9, 0.0)
+    assert torch.isfinite(x0).all()
+    torch.testing.assert_close(x0_from_v(x, x, 0.0), -x)  # v-prediction is exact there
+
+
+def test_predictor_clips_and_rederives_eps():
+    sched = NoiseSchedule.linear(100)
+    model = lambda x, t: torch.full_like(x, -3.0)  # noqa: E731 - a wild eps prediction
+    x = torch.randn(2, 5)
+    eps, x0 = make_predictor(model, sched, "eps", clip=1.0)(x, 50)
+    assert x0.abs().max() <= 1.0
+    a = sched.alphas_cumprod[50].item()
+    # eps is re-derived from the clipped x0, so (eps, x0) reproduce x_t exactly
+    torch.testing.assert_close(a**0.5 * x0 + (1 - a) ** 0.5 * eps, x)
+    assert not torch.allclose(eps, torch.full_like(x, -3.0))
+    eps_n, x0_n = make_predictor(model, sched, "eps")(x, 50)  # default: no clipping
+    assert x0_n.abs().max() > 1.0 and torch.equal(eps_n, torch.full_like(x, -3.0))
+
+
+def test_clip_ranges_and_dynamic_threshold():
+    x0 = torch.linspace(-4, 4, 9).reshape(1, 9)
+    assert clip_x0(x0, (0.0, 2.0)).min() == 0.0 and clip_x0(x0, (0.0, 2.0)).max() == 2.0
+    # Imagen: s = percentile of |x0| (>= 1); clamp to [-s, s] then divide by s -> within [-1, 1]
+    d = dynamic_threshold(x0 * 3, percentile=0.5)
+    assert d.abs().max() == pytest.approx(1.0)
+    small = torch.full((1, 4), 0.5)
+    torch.testing.assert_close(dynamic_threshold(small), small)  # s clamps at 1: unchanged
+    with pytest.raises(ValueError, match="clip must be"):
+        clip_x0(x0, (2.0, 1.0))
+
+
+def test_self_conditioning_passes_the_previous_estimate():
+    seen = []
+
+    def model(x, t, cond):
+        seen.append(cond.clone())
+        return torch.zeros_like(x)
+
+    predict = make_predictor(model, NoiseSchedule.linear(10, 0.1, 0.2), "x0", self_condition=True)
+    x = torch.randn(2, 3)
+    predict(x, 5)
+    predict(x, 4, torch.ones_like(x))
+    assert torch.equal(seen[0], torch.zeros_like(x)) and torch.equal(seen[1], torch.ones_like(x))
+
+
+def test_predictor_errors():
+    sched = NoiseSchedule.linear(10, 0.1, 0.2)
+    with pytest.raises(ValueError, match="unknown prediction 'noise'"):
+        make_predictor(lambda x, t: x, sched, "noise")
+    with pytest.raises(ValueError, match=r"returned \(2, 6\) for an input of shape \(2, 3\)"):
+        make_predictor(lambda x, t: torch.cat([x, x], 1), sched)(torch.zeros(2, 3), 5)
+    with pytest.raises(ValueError, match="clip must be"):
+        make_predictor(lambda x, t: x, sched, clip=-1.0)
