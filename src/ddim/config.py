@@ -1,0 +1,205 @@
+"""The saved configuration of a run: frozen dataclasses for the diffusion process and the training
+loop, and `RunConfig`, which bundles them with the model's `UNetConfig` and the data's `DataConfig`.
+
+Every config round-trips through JSON: `RunConfig.from_dict(json.loads(json.dumps(run.to_dict())))
+== run`. `from_dict` validates: unknown keys, values of the wrong type and out-of-range values
+raise a ValueError that names the key. Also owns `resolve_device`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from ddim.data import DataConfig
+from ddim.models import UNetConfig
+from ddim.objectives import WEIGHTINGS
+from ddim.prediction import PREDICTIONS
+from ddim.schedule import SCHEDULE_KINDS, NoiseSchedule
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The forward process and what the network predicts."""
+
+    schedule: str = "linear"  # one of SCHEDULE_KINDS
+    timesteps: int = 1000
+    prediction: str = "eps"  # one of PREDICTIONS
+    zero_terminal_snr: bool = False  # Lin et al. 2023: rescale so the last step has SNR 0
+
+    def __post_init__(self) -> None:
+        _check(
+            self.schedule in SCHEDULE_KINDS,
+            f"schedule must be one of {SCHEDULE_KINDS}, got {self.schedule!r}",
+        )
+        _check(self.timesteps >= 2, f"timesteps must be at least 2, got {self.timesteps}")
+        _check(
+            self.prediction in PREDICTIONS,
+            f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}",
+        )
+
+    def make_schedule(self) -> NoiseSchedule:
+        schedule = NoiseSchedule.named(self.schedule, self.timesteps)
+        return schedule.rescale_zero_terminal_snr() if self.zero_terminal_snr else schedule
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop. `batch_size` is the number of examples per optimizer step; with
+    `grad_accum` > 1 it is split into that many micro-batches (so it must divide by it). A period
+    (`sample_every`, `checkpoint_every`, `log_every`) of 0 turns that event off, except that the
+    last step always writes a checkpoint. `keep_last` = 0 keeps every checkpoint."""
+
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 2e-4
+    warmup_steps: int = 100
+    grad_clip: float = 1.0  # max global gradient norm; 0: no clipping
+    weight_decay: float = 0.0
+    ema_decay: float = 0.999
+    ema_warmup: bool = True
+    bf16: bool = False
+    grad_accum: int = 1
+    seed: int = 0
+    weighting: str = "uniform"  # one of WEIGHTINGS
+    min_snr_gamma: float = 5.0
+    offset_noise: float = 0.0
+    label_dropout: float = 0.1  # class-conditional models: P(label -> null class), for CFG
+    sample_every: int = 500
+    sample_steps: int = 50
+    sample_n: int = 64
+    checkpoint_every: int = 500
+    keep_last: int = 3
+    log_every: int = 50
+    device: str = "auto"
+    num_workers: int = 0  # DataLoader workers for datasets not held in memory
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "sample_steps", "sample_n"):
+            _check(getattr(self, name) >= 1, f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in (
+            "warmup_steps",
+            "grad_clip",
+            "weight_decay",
+            "offset_noise",
+            "sample_every",
+            "checkpoint_every",
+            "keep_last",
+            "log_every",
+            "num_workers",
+            "seed",
+        ):
+            _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(self.min_snr_gamma > 0, f"min_snr_gamma must be > 0, got {self.min_snr_gamma}")
+        _check(0 <= self.ema_decay < 1, f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        _check(0 <= self.label_dropout < 1, f"label_dropout must lie in [0, 1), got {self.label_dropout}")
+        _check(self.weighting in WEIGHTINGS, f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        _check(
+            self.batch_size % self.grad_accum == 0,
+            f"batch_size {self.batch_size} must be divisible by grad_accum {self.grad_accum} "
+            "(batch_size counts the examples of one optimizer step, across its micro-batches)",
+        )
+
+    @property
+    def micro_batch(self) -> int:
+        return self.batch_size // self.grad_accum
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a training run needs and a checkpoint stores."""
+
+    model: UNetConfig = field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        for name, cls in _SECTIONS.items():
+            value = getattr(self, name)
+            _check(
+                isinstance(value, cls),
+                f"RunConfig.{name} must be a {cls.__name__}, got {type(value).__name__}",
+            )
+        _check(
+            self.model.out_channels == self.model.in_channels,
+            f"model.out_channels ({self.model.out_channels}) must equal model.in_channels "
+            f"({self.model.in_channels}): the network predicts an image-shaped target",
+        )
+        _check(
+            self.train.sample_steps <= self.diffusion.timesteps,
+            f"train.sample_steps ({self.train.sample_steps}) cannot exceed diffusion.timesteps "
+            f"({self.diffusion.timesteps})",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (tuples become lists once dumped); inverse of `from_dict`."""
+        return {name: asdict(getattr(self, name)) for name in _SECTIONS}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RunConfig:
+        """Build and validate a RunConfig; missing sections and keys take their defaults."""
+        sections = _fields_of(RunConfig, d, "run config")
+        return cls(**{name: _build(_SECTIONS[name], value, name) for name, value in sections.items()})
+
+
+_SECTIONS = {"model": UNetConfig, "diffusion": DiffusionConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def _fields_of(cls: type, d: Any, where: str) -> dict[str, Any]:
+    """d as a dict, after checking that it is a mapping whose keys are fields of cls."""
+    _check(isinstance(d, Mapping), f"{where} must be a JSON object (a mapping), got {type(d).__name__}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(d) - set(names))
+    _check(
+        not unknown,
+        f"unknown key(s) {', '.join(map(repr, unknown))} in {where}; valid keys: {', '.join(names)}",
+    )
+    return dict(d)
+
+
+def _has_type(value: Any, expected: type) -> bool:
+    if expected is bool:
+        return isinstance(value, bool)
+    if expected is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, expected) and not isinstance(value, bool)
+
+
+def _build(cls: type, d: Any, where: str) -> Any:
+    """cls(**d) with unknown keys and simple type mismatches (int, float, bool, str) reported by name;
+    the config's own checks then report values out of range."""
+    values = _fields_of(cls, d, where)
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        expected = hints[key]
+        if expected in (int, float, bool, str) and not _has_type(value, expected):
+            raise ValueError(f"{where}.{key} must be of type {expected.__name__}, got {value!r}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"invalid {where} config: {e}") from e
+
+
+def resolve_device(name: str) -> torch.device:
+    """The device named: "auto" is CUDA when available, else the CPU; or "cpu", "cuda", "cuda:1"."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"unknown device {name!r} ({e}); use 'auto', 'cpu', 'cuda' or 'cuda:N'") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available; use 'cpu' or 'auto'")
+    return device

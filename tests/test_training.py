@@ -1,0 +1,221 @@
+"""Tests of ddim.training and ddim.config: LR warm-up, EMA closed forms, the data order, config
+round trips, and short runs of a tiny UNet on 8x8 images (logs, samples, exact resume)."""
+
+import contextlib
+import csv
+import dataclasses
+import json
+import sys
+import types
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from ddim.config import DiffusionConfig, RunConfig, TrainConfig, resolve_device
+from ddim.data import DataConfig, TensorImageDataset, WrappedDataset, load_dataset
+from ddim.models import UNetConfig
+from ddim.training import ema_decay_at, ema_update, lr_at, train
+from ddim.training.loop import IndexStream
+
+TINY_MODEL = dict(base_channels=8, channel_mult=(1, 2), groups=4, num_heads=2)
+
+
+def tiny_run(model: dict | None = None, **train) -> RunConfig:
+    """A run of a tiny UNet on 8x8 digits, a few steps long, on the CPU."""
+    options = dict(steps=4, batch_size=8, lr=1e-3, warmup_steps=2, sample_every=0, sample_n=4,
+                   sample_steps=5, checkpoint_every=0, log_every=1, device="cpu")  # fmt: skip
+    return RunConfig(
+        model=UNetConfig(**{**TINY_MODEL, **(model or {})}),
+        diffusion=DiffusionConfig(timesteps=50),
+        data=DataConfig(dataset="digits", size=8),
+        train=TrainConfig(**{**options, **train}),
+    )
+
+
+@contextlib.contextmanager
+def one_thread_only():
+    """One intra-op thread: on a shared, loaded CPU more threads spin and run many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    with one_thread_only():
+        yield
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", size=8)
+
+
+def read_log(run_dir) -> list[dict]:
+    with open(run_dir / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ---- pure pieces -----------------------------------------------------------------------------
+def test_lr_warms_up_linearly_then_stays():
+    assert [lr_at(s, 1.0, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert lr_at(0, 3e-4, 0) == 3e-4
+
+
+def test_ema_decay_warms_up_to_its_maximum():
+    assert ema_decay_at(0, 0.999) == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
+    assert ema_decay_at(90, 0.999) == pytest.approx(91 / 100)
+    assert ema_decay_at(10**6, 0.999) == 0.999
+    assert ema_decay_at(0, 0.999, warmup=False) == 0.999
+
+
+def test_ema_update_matches_the_closed_form():
+    # k updates with constant decay d from e0 toward a constant p: e_k = p + d^k (e0 - p)
+    e0, p, d, k = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([3.0, 0.0, 0.5]), 0.9, 25
+    ema, counter = [e0.clone(), torch.tensor(0)], torch.tensor(7)
+    for _ in range(k):
+        ema_update(ema, [p, counter], d)
+    torch.testing.assert_close(ema[0], p + d**k * (e0 - p))
+    assert ema[1] == 7  # integer buffers are copied, not averaged
+    with pytest.raises(ValueError, match="EMA tensors"):
+        ema_update(ema, [p], d)
+
+
+def test_index_stream_is_a_function_of_the_position():
+    stream = IndexStream(10, seed=3)
+    whole = stream.take(0, 25)
+    parts = torch.cat([IndexStream(10, 3).take(0, 7), stream.take(7, 11), IndexStream(10, 3).take(18, 7)])
+    assert torch.equal(whole, parts)
+    assert sorted(whole[:10].tolist()) == list(range(10)) and sorted(whole[10:20].tolist()) == list(range(10))
+    assert not torch.equal(whole[:10], whole[10:20])  # a new permutation each epoch
+    assert not torch.equal(IndexStream(10, 4).take(0, 10), whole[:10])
+
+
+# ---- config ----------------------------------------------------------------------------------
+def test_run_config_round_trips_through_json():
+    run = tiny_run(model=dict(num_classes=10, self_condition=True, attention_resolutions=(2,)))
+    run = dataclasses.replace(run, data=DataConfig(dataset="digits", size=(8, 8), flip=True))
+    assert RunConfig.from_dict(json.loads(json.dumps(run.to_dict()))) == run
+    assert RunConfig.from_dict({}) == RunConfig()  # missing sections take their defaults
+    assert RunConfig.from_dict({"train": {"steps": 7}}).train == TrainConfig(steps=7)
+
+
+@pytest.mark.parametrize(
+    "d, match",
+    [
+        ({"trian": {}}, "unknown key.*'trian'"),
+        ({"train": {"stpes": 1}}, "unknown key.*'stpes' in train"),
+        ({"train": {"steps": "100"}}, "train.steps must be of type int"),
+        ({"train": {"ema_warmup": 1}}, "train.ema_warmup must be of type bool"),
+        ({"train": {"batch_size": 6, "grad_accum": 4}}, "divisible by grad_accum"),
+        ({"train": {"weighting": "snr"}}, "weighting must be one of"),
+        ({"diffusion": {"prediction": "noise"}}, "prediction must be one of"),
+        ({"diffusion": {"timesteps": 10}}, "sample_steps"),
+        ({"model": {"out_channels": 2}}, "out_channels"),
+        ({"model": []}, "model must be a JSON object"),
+    ],
+)
+def test_run_config_from_dict_refuses_bad_input(d, match):
+    with pytest.raises(ValueError, match=match):
+        RunConfig.from_dict(d)
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="unknown device"):
+        resolve_device("gpu")
+
+
+# ---- short runs ------------------------------------------------------------------------------
+def test_train_writes_log_samples_and_checkpoints(tmp_path, digits):
+    run = tiny_run(steps=4, log_every=2, sample_every=2, checkpoint_every=1, keep_last=2)
+    newest = train(run, tmp_path, progress=False, dataset=digits)
+    assert newest == tmp_path / "checkpoints" / "step-000004"
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-000003", "step-000004"]
+    rows = read_log(tmp_path)
+    assert [int(r["step"]) for r in rows] == [2, 4]
+    assert set(rows[0]) == {"step", "loss", "lr", "grad_norm", "ema_decay", "images_per_s", "elapsed_s"}
+    assert float(rows[0]["lr"]) == 1e-3 and float(rows[0]["images_per_s"]) > 0
+    # 4 samples of 8x8 -> a 2x2 grid of tiles enlarged 8 times, 1px apart: 2 * (64 + 1) + 1
+    for step in (2, 4):
+        with Image.open(tmp_path / "samples" / f"step-00000{step}.png") as im:
+            assert im.size == (131, 131) and im.mode == "L"
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        train(run, tmp_path, progress=False, dataset=digits)
+
+
+@pytest.mark.parametrize("in_memory", [True, False], ids=["in-memory", "data-loader"])
+def test_resume_continues_exactly(tmp_path, digits, in_memory):
+    """N steps in one go == N/2 steps, then resume for N/2 more: the same weights, EMA and log,
+    with flips, label dropout, self-conditioning and gradient accumulation all drawing randomness."""
+    data = TensorImageDataset(digits.images[:40], digits.labels[:40], 10, flip=True)
+    if not in_memory:  # no .images: the DataLoader path
+        data = WrappedDataset(TensorImageDataset(data.images, data.labels, 10), num_classes=10, flip=True)
+    model = dict(num_classes=10, self_condition=True, dropout=0.1)
+    options = dict(batch_size=6, grad_accum=2, label_dropout=0.3, checkpoint_every=2)
+    train(tiny_run(model, steps=6, **options), tmp_path / "once", progress=False, dataset=data)
+    train(tiny_run(model, steps=2, **options), tmp_path / "twice", progress=False, dataset=data)
+    end = train(
+        tiny_run(model, steps=6, **options), tmp_path / "twice", resume=True, progress=False, dataset=data
+    )
+    for name in ("model.safetensors", "ema.safetensors"):
+        a = load_file(tmp_path / "once" / "checkpoints" / "step-000006" / name)
+        b = load_file(end / name)
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+    once, twice = read_log(tmp_path / "once"), read_log(tmp_path / "twice")
+    assert [r["step"] for r in twice] == [str(s) for s in range(1, 7)]
+    assert [float(r["loss"]) for r in once] == pytest.approx([float(r["loss"]) for r in twice], abs=1e-6)
+
+
+def test_resume_refuses_another_model(tmp_path):
+    train(tiny_run(steps=1), tmp_path, progress=False)  # the data from run.data: digits at 8x8
+    with pytest.raises(ValueError, match="another model or diffusion config"):
+        train(tiny_run({"base_channels": 16}, steps=2), tmp_path, resume=True, progress=False)
+
+
+def test_train_checks_the_dataset_against_the_model(tmp_path, digits):
+    rgb = TensorImageDataset(torch.zeros(4, 3, 8, 8))
+    with pytest.raises(ValueError, match="takes 1 channel"):
+        train(tiny_run(), tmp_path, progress=False, dataset=rgb)
+    unlabelled = TensorImageDataset(digits.images[:8])
+    with pytest.raises(ValueError, match="class-conditional.*no labels"):
+        train(tiny_run({"num_classes": 10}), tmp_path, progress=False, dataset=unlabelled)
+
+
+def test_tensorboard_gets_the_logged_values_when_it_imports(tmp_path, digits, monkeypatch):
+    calls = []
+
+    class Writer:  # stands in for torch.utils.tensorboard.SummaryWriter
+        def __init__(self, log_dir, purge_step=None):
+            calls.append(("open", log_dir, purge_step))
+
+        def add_scalar(self, tag, value, step):
+            calls.append((tag, step))
+
+        def close(self):
+            calls.append("close")
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    train(tiny_run(steps=2, log_every=2), tmp_path, progress=False, dataset=digits)
+    assert calls[0] == ("open", tmp_path / "tensorboard", None) and calls[-1] == "close"
+    assert ("loss", 2) in calls and ("images_per_s", 2) in calls
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path, digits):
+    train(tiny_run(steps=2, bf16=True), tmp_path, progress=False, dataset=digits)
+    losses = [float(r["loss"]) for r in read_log(tmp_path)]
+    assert len(losses) == 2 and all(0 < x < 10 for x in losses)
+
+
+def test_loss_decreases_on_digits(tmp_path, digits):
+    run = tiny_run(steps=40, batch_size=32, lr=3e-3, warmup_steps=5)
+    train(run, tmp_path, progress=False, dataset=digits)
+    losses = [float(r["loss"]) for r in read_log(tmp_path)]
+    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:5]) / 5
