@@ -72,9 +72,13 @@ def to_uint8(x: Tensor) -> np.ndarray:
     return denormalize(x).movedim(-3, -1).cpu().numpy()
 
 
-def random_flip(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """Flip each image of a batch [N, ..., W] left-right with probability 1/2."""
-    flip = torch.rand(images.shape[0], generator=generator) < 0.5
+def random_flip(
+    images: Tensor, generator: torch.Generator | None = None, shard: tuple[int, int] = (0, 1)
+) -> Tensor:
+    """Flip each image of a batch [N, ..., W] left-right with probability 1/2. With shard = (r, k)
+    the batch is the r-th of k shares of a global batch, and the draws are the global batch's."""
+    n, (rank, world) = images.shape[0], shard
+    flip = torch.rand(n * world, generator=generator)[rank * n : (rank + 1) * n] < 0.5
     flip = flip.to(images.device).view(-1, *[1] * (images.ndim - 1))
     return torch.where(flip, images.flip(-1), images)
 

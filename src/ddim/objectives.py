@@ -45,6 +45,7 @@ def diffusion_loss(
     noise: Tensor | None = None,
     generator: torch.Generator | None = None,
     model_kwargs: dict | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> Tensor:
     """Per-example loss [N]: || target - model(x_t, t) ||^2 averaged over each example's values,
     x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps (Ho et al. 2020, eq. 4 and Alg. 1).
@@ -52,29 +53,36 @@ def diffusion_loss(
     offset_noise adds offset * N(0, 1) constant over the dimensions after the channel one
     (Guttenberg 2023), so the model learns to change an image's mean. With self_condition,
     half the batch gets the model's own x0 estimate (no gradient) as extra input (Chen et al.
-    2022, "Analog Bits", Alg. 1); the model is called as model(x_t, t, x0_self_cond)."""
+    2022, "Analog Bits", Alg. 1); the model is called as model(x_t, t, x0_self_cond).
+
+    shard = (r, k): x0 is the r-th of k equal shares of a global batch (data-parallel training);
+    the randomness is drawn for the whole global batch and this share kept, so k processes with
+    batch n draw exactly what one process with batch k n would."""
     if prediction not in PREDICTIONS:
         raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
     n = x0.shape[0]
+    rank, world = shard
+    mine = slice(rank * n, (rank + 1) * n)
     kwargs = model_kwargs or {}
     gen_device = generator.device if generator is not None else "cpu"
     if t is None:
-        t = sample_timesteps(n, schedule.T, generator, x0.device)
+        t = sample_timesteps(n * world, schedule.T, generator, x0.device)[mine]
     if noise is None:
-        noise = torch.randn(x0.shape, generator=generator, device=gen_device).to(x0)
+        noise = torch.randn((n * world, *x0.shape[1:]), generator=generator, device=gen_device)[mine]
         if offset_noise > 0:
-            shape = (n, x0.shape[1]) + (1,) * (x0.ndim - 2)
-            offset = torch.randn(shape, generator=generator, device=gen_device).to(x0)
+            shape = (n * world, x0.shape[1]) + (1,) * (x0.ndim - 2)
+            offset = torch.randn(shape, generator=generator, device=gen_device)[mine]
             noise = noise + offset_noise * offset
+        noise = noise.to(x0)
     a64 = schedule.alphas_cumprod[t.cpu()]
     a = a64.to(device=x0.device, dtype=x0.dtype)
     shape = (-1,) + (1,) * (x0.ndim - 1)
     x_t = a.sqrt().view(shape) * x0 + (1 - a).sqrt().view(shape) * noise  # Ho et al. eq. 4
     if self_condition:
         cond = torch.zeros_like(x0)
-        use = torch.rand(n, generator=generator, device=gen_device).to(x0.device) < 0.5
+        use = torch.rand(n * world, generator=generator, device=gen_device)[mine].to(x0.device) < 0.5
         if bool(use.any()):
             with torch.no_grad():
                 out = model(x_t, t, cond, **kwargs)

@@ -2,14 +2,13 @@
 
 from ddim.training.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from ddim.training.ema import ema_decay_at, ema_update
-from ddim.training.loop import is_main_process, lr_at, train
+from ddim.training.loop import lr_at, train
 
 __all__ = [
     "CheckpointError",
     "LoadedCheckpoint",
     "ema_decay_at",
     "ema_update",
-    "is_main_process",
     "load_checkpoint",
     "lr_at",
     "train",

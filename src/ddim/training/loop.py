@@ -8,12 +8,16 @@ data order from `IndexStream` (a function of the seed and the number of examples
 label dropout from one CPU generator, timesteps and noise from one generator on the device. A
 checkpoint stores all of them, so a resumed run continues exactly as an uninterrupted one would.
 
-Side effects (progress bar, CSV and TensorBoard logs, sample grids, checkpoints) happen only where
-`is_main_process()` holds, which keeps a later torchrun/DDP extension to one check.
+Under torchrun the model is wrapped in DistributedDataParallel and `batch_size` stays the global
+batch: every process reads the same global order and keeps its share (`ddim.distributed.shard`),
+and every random draw is made for the global batch, so N processes compute what one process
+does, and a checkpoint written with N processes resumes with M. Side effects (progress bar, CSV
+and TensorBoard logs, sample grids, checkpoints) happen only on rank 0 (`is_main_process()`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import time
@@ -22,11 +26,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from ddim.config import RunConfig, resolve_device
 from ddim.data import build_dataset, random_flip
+from ddim.distributed import init_from_env, is_distributed, is_main_process, rank, shard, world_size
 from ddim.images import save_grid
 from ddim.models import UNet
 from ddim.noise import PerSampleNoise, seed_for
@@ -58,11 +64,6 @@ def lr_at(step: int, base: float, warmup: int) -> float:
     return base * min(1.0, (step + 1) / warmup)
 
 
-def is_main_process() -> bool:
-    """Rank 0 of a torch.distributed job, or the only process: the one that logs, samples and saves."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
 class IndexStream:
     """An endless, reproducible order of the indices 0..n-1: one random permutation per epoch,
     epoch e's seeded by (seed, e). The examples at stream positions [p, p + k) are a function of
@@ -91,20 +92,22 @@ class IndexStream:
 
 
 class _StreamBatches(Sampler):
-    """A DataLoader batch sampler reading an IndexStream from a position, forever."""
+    """A DataLoader batch sampler reading an IndexStream from a position, forever: global batches
+    of `batch` indices, of which it yields this process's share [lo, hi)."""
 
-    def __init__(self, stream: IndexStream, position: int, batch: int):
-        self.stream, self.position, self.batch = stream, position, batch
+    def __init__(self, stream: IndexStream, position: int, batch: int, share: tuple[int, int]):
+        self.stream, self.position, self.batch, self.share = stream, position, batch, share
 
     def __iter__(self):
-        position = self.position
+        position, (lo, hi) = self.position, self.share
         while True:
-            yield self.stream.take(position, self.batch).tolist()
+            yield self.stream.take(position, self.batch)[lo:hi].tolist()
             position += self.batch
 
 
 class Batches:
-    """Micro-batches (images, labels) on the CPU, in the stream's order from `position`.
+    """Micro-batches (images, labels) on the CPU, in the stream's order from `position`: this
+    process's share of each global micro-batch of `batch` examples.
 
     In-memory datasets (`.images` and `.labels` tensors) are indexed directly; others go through
     a DataLoader. Flips (the dataset's `flip` flag) are drawn here, from `generator`, so they
@@ -113,6 +116,7 @@ class Batches:
     def __init__(self, dataset: Dataset, seed: int, batch: int, position: int, num_workers: int = 0):
         self.stream = IndexStream(len(dataset), seed)
         self.batch, self.position = batch, position
+        self.share = shard(batch, "micro-batch (batch_size / grad_accum)")
         self.flip = bool(getattr(dataset, "flip", False))
         images, labels = getattr(dataset, "images", None), getattr(dataset, "labels", None)
         self.in_memory = isinstance(images, Tensor) and isinstance(labels, Tensor)
@@ -122,7 +126,7 @@ class Batches:
             if self.flip:
                 dataset = copy.copy(dataset)  # the caller's dataset keeps its flag
                 dataset.flip = False
-            sampler = _StreamBatches(self.stream, position, batch)
+            sampler = _StreamBatches(self.stream, position, batch, self.share)
             # a generator of its own, so that the loader never draws from torch's global RNG
             generator = torch.Generator().manual_seed(seed)
             loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, generator=generator)
@@ -130,12 +134,14 @@ class Batches:
 
     def next(self, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         if self.in_memory:
-            idx = self.stream.take(self.position, self.batch)
+            idx = self.stream.take(self.position, self.batch)[self.share[0] : self.share[1]]
             images, labels = self.images[idx], self.labels[idx]
         else:
             images, labels = next(self.loader)
         self.position += self.batch
-        return (random_flip(images, generator) if self.flip else images), torch.as_tensor(labels)
+        if self.flip:
+            images = random_flip(images, generator, shard=(rank(), world_size()))
+        return images, torch.as_tensor(labels)
 
 
 def _check_dataset(dataset: Dataset, run: RunConfig) -> tuple[int, ...]:
@@ -273,8 +279,8 @@ def train(
     diffusion config must match `run`; `train.steps` may be raised to train longer); without it,
     `out_dir` must hold no checkpoints. Seeds torch's global RNG with `train.seed`."""
     cfg, out_dir = run.train, Path(out_dir)
-    device = resolve_device(cfg.device)
-    main = is_main_process()
+    device = init_from_env(resolve_device(cfg.device))
+    main, sharding = is_main_process(), (rank(), world_size())
     ckpt_root = out_dir / CHECKPOINTS
     existing = list_checkpoints(ckpt_root)
     if existing and not resume:
@@ -311,6 +317,9 @@ def train(
         _set_rng_state(state["rng"], data_gen, noise_gen)
     batches = Batches(dataset, seed_for(cfg.seed, _DATA_ORDER), cfg.micro_batch, position, cfg.num_workers)
     params, ema_tensors = list(model.state_dict().values()), list(ema.state_dict().values())
+    net = model
+    if is_distributed():  # gradients are averaged over the processes (DDP all-reduce)
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
     num_classes = run.model.num_classes
     max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
@@ -328,15 +337,18 @@ def train(
                 group["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
             step_loss = 0.0
-            for _ in range(cfg.grad_accum):
+            for micro in range(cfg.grad_accum):
                 x0, labels = batches.next(data_gen)
                 kwargs = None
                 if num_classes is not None:  # classifier-free guidance training (Ho & Salimans 2022)
-                    drop = torch.rand(len(labels), generator=data_gen) < cfg.label_dropout
+                    n, (r, k) = len(labels), sharding
+                    drop = torch.rand(n * k, generator=data_gen)[r * n : (r + 1) * n] < cfg.label_dropout
                     kwargs = {"y": torch.where(drop, num_classes, labels).to(device)}
-                with autocast:
+                last = micro == cfg.grad_accum - 1
+                sync = net.no_sync() if net is not model and not last else contextlib.nullcontext()
+                with sync, autocast:
                     loss = diffusion_loss(
-                        model,
+                        net,
                         x0.to(device, non_blocking=True),
                         schedule,
                         prediction=run.diffusion.prediction,
@@ -346,8 +358,9 @@ def train(
                         self_condition=run.model.self_condition,
                         generator=noise_gen,
                         model_kwargs=kwargs,
+                        shard=sharding,
                     ).mean()
-                (loss / cfg.grad_accum).backward()
+                    (loss / cfg.grad_accum).backward()
                 step_loss = step_loss + loss.detach() / cfg.grad_accum
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
             optimizer.step()
@@ -380,4 +393,6 @@ def train(
         bar.close()
         if main:
             log.close()
+    if is_distributed():
+        dist.barrier()  # the other ranks wait for rank 0's last checkpoint
     return list_checkpoints(ckpt_root)[-1]
