@@ -15,9 +15,7 @@ from torch import Tensor, nn
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     """Sinusoidal embedding [N, dim] of (possibly fractional) timesteps t [N] (DDPM / ADM)."""
     half = dim // 2
-    freqs = torch.exp(
-        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
-    )
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t.float()[:, None] * freqs[None]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=1)
     if dim % 2:
@@ -30,6 +28,16 @@ def zero_init(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         nn.init.zeros_(p)
     return module
+
+
+class Pointwise(nn.Linear):
+    """A 1x1 convolution done as one batched matrix product: PyTorch's CPU kernels run it
+    (backward above all) two to three times faster than Conv2d's at these channel counts."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, _, height, width = x.shape
+        weight = self.weight.expand(n, -1, -1)
+        return torch.baddbmm(self.bias[:, None], weight, x.flatten(2)).view(n, -1, height, width)
 
 
 class ResBlock(nn.Module):
@@ -48,7 +56,7 @@ class ResBlock(nn.Module):
         self.emb = nn.Linear(emb_dim, 2 * out_ch)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_init(nn.Conv2d(out_ch, out_ch, 3, padding=1))
-        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        self.skip = Pointwise(in_ch, out_ch) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         """x [N, in_ch, H, W]; emb [N, emb_dim], already passed through SiLU by the caller."""
@@ -90,11 +98,15 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Double H and W: nearest-neighbour upsampling, then a 3x3 convolution (DDPM / ADM)."""
+    """Double H and W: nearest-neighbour upsampling, then a 3x3 convolution (DDPM / ADM).
 
-    def __init__(self, channels: int):
+    The convolution may narrow the channels to the next level's width (as lucidrains'
+    denoising-diffusion-pytorch does), which saves about a tenth of a CPU training step.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = nn.Conv2d(in_ch, out_ch, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
