@@ -79,4 +79,7 @@ class PerSampleNoise:
             for b in self.blocks
         ]
         z = parts[0] if len(parts) == 1 else torch.cat(parts)
+        if z.device.type == "cpu" and torch.device(device or "cpu").type == "cuda":
+            z = z.pin_memory()  # so the copy to the GPU does not block the host
+            return z.to(device=device, dtype=dtype, non_blocking=True)
         return z.to(device=device, dtype=dtype)

@@ -45,8 +45,9 @@ def _coef(a: Coef, x: Tensor) -> Coef:
 
 
 def x0_from_eps(x: Tensor, eps: Tensor, a: Coef) -> Tensor:
-    a_safe = max(a, A_FLOOR) if isinstance(a, float) else a.clamp_min(A_FLOOR)
-    return (x - _coef((1 - a) ** 0.5, x) * eps) / _coef(a_safe**0.5, x)
+    if isinstance(a, float):  # the sampling hot path: one new tensor instead of three
+        return torch.sub(x, eps, alpha=(1 - a) ** 0.5).mul_(max(a, A_FLOOR) ** -0.5)
+    return (x - _coef((1 - a) ** 0.5, x) * eps) / _coef(a.clamp_min(A_FLOOR) ** 0.5, x)
 
 
 def eps_from_x0(x: Tensor, x0: Tensor, a: Coef) -> Tensor:

@@ -49,7 +49,7 @@ def ddim(
         sigma = ddim_sigma(a_t, a_prev, eta)
         x_prev = ddim_move(x0, eps, a_prev, sigma)  # DDIM eq. 12
         if sigma > 0:
-            z = noise[i] if noise is not None else source.randn(x.shape[1:], x.device, x.dtype)
+            z = noise[i].to(x) if noise is not None else source.randn(x.shape[1:], x.device, x.dtype)
             x_prev = x_prev + sigma * z
         x = x_prev
         if callback is not None:

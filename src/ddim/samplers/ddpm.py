@@ -51,7 +51,7 @@ def ddpm(
         x = (a_prev**0.5 * beta / (1 - a_t)) * x0 + ((1 - beta) ** 0.5 * (1 - a_prev) / (1 - a_t)) * x
         if a_prev < 1.0:
             var = posterior_variance(a_t, a_prev) if variance == "posterior" else beta
-            z = noise[i] if noise is not None else source.randn(x.shape[1:], x.device, x.dtype)
+            z = noise[i].to(x) if noise is not None else source.randn(x.shape[1:], x.device, x.dtype)
             x = x + var**0.5 * z
         if callback is not None:
             callback(i, t, x, x0)
