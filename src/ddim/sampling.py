@@ -31,7 +31,7 @@ class Trajectory(NamedTuple):
 def _grid(schedule: NoiseSchedule, steps: int | None, spacing: str | Sequence[int]) -> Tensor:
     if steps is None and isinstance(spacing, str):
         steps = min(DEFAULT_STEPS, schedule.T)
-    return make_timesteps(schedule.T, steps, spacing)
+    return make_timesteps(schedule.T, steps, spacing, schedule=schedule)
 
 
 def sample(

@@ -4,12 +4,21 @@ Every grid has exactly `steps` strictly decreasing integer timesteps in [0, T-1]
 1 <= steps <= T, whether or not T is divisible by steps. The sampler's last step goes from
 the smallest timestep in the grid to a = 1 (clean data) and returns the x0 estimate.
 
-    trailing   round(T k / S) - 1, k = S..1: starts at T-1 (lucidrains; Lin et al. 2023, Table 2)
+    trailing   round(T k / S) - 1, k = S..1: starts at T-1 (Lin et al. 2023, Table 2; equals
+               lucidrains' grid when S divides T, where it truncates instead of rounding)
     leading    floor(T / S) * i, i = S-1..0 (diffusers' "leading")
     linspace   round(linspace(0, T-1, S)) reversed (diffusers' "linspace")
+(round is half-up here; numpy's half-to-even makes diffusers differ by one at exact halves.)
     uniform    floor(T i / S), i = S-1..0 (DDIM paper, sec. D.2: tau_i = floor(c i))
     quadratic  floor(c i^2) with c such that tau_{S-1} = 0.8 T (DDIM paper, sec. D.2, CIFAR-10),
                raised where needed to stay strictly increasing
+    logsnr     log-SNR uniform from the schedule's noisy end (t = T-1) to its clean end (t = 0)
+               (Lu et al. 2022, DPM-Solver's skip_type "logSNR")
+    karras     sigma_i = (s_max^(1/rho) + i/(S-1) (s_min^(1/rho) - s_max^(1/rho)))^rho, rho = 7
+               (Karras et al. 2022, eq. 5), sigma = sqrt((1 - a)/a) at the schedule's ends
+
+The last two need the schedule: their points are continuous log-SNR values, each mapped to the
+integer timestep of nearest log-SNR, then raised (and capped at T-1) where rounding repeats one.
 """
 
 from __future__ import annotations
@@ -20,14 +29,26 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-SPACINGS = ("trailing", "leading", "linspace", "uniform", "quadratic")
+from ddim.schedule import NoiseSchedule
+
+SPACINGS = ("trailing", "leading", "linspace", "uniform", "quadratic", "logsnr", "karras")
+SCHEDULE_SPACINGS = ("logsnr", "karras")  # the grids that need the schedule
+KARRAS_RHO = 7.0  # Karras et al. 2022, eq. 5 and Table 1
+# The log-SNR grids read an a below 2^-24 as 2^-24: the noisy end of a zero-terminal-SNR schedule
+# (log-SNR -inf) becomes finite, as in diffusers; the predictor uses the same floor (A_FLOOR).
+ZERO_SNR_A = 2.0**-24
 
 
-def make_timesteps(T: int, steps: int, spacing: str | Sequence[int] = "trailing") -> Tensor:  # noqa: N803
+def make_timesteps(
+    T: int,  # noqa: N803
+    steps: int,
+    spacing: str | Sequence[int] = "trailing",
+    schedule: NoiseSchedule | None = None,
+) -> Tensor:
     """The grid as an int64 tensor [steps], strictly decreasing, within [0, T-1].
 
     `spacing` is one of SPACINGS or an explicit sequence of timesteps (then `steps` must be
-    its length, or None)."""
+    its length, or None). The grids in SCHEDULE_SPACINGS need `schedule` (of T steps)."""
     if not isinstance(spacing, str):
         return validate_timesteps(T, spacing, steps)
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
@@ -49,11 +70,42 @@ def make_timesteps(T: int, steps: int, spacing: str | Sequence[int] = "trailing"
         grid = []
         for i in range(S):
             grid.append(max(math.floor(c * i * i), grid[-1] + 1 if grid else 0))
+    elif spacing in SCHEDULE_SPACINGS:
+        grid = _log_snr_grid(T, S, spacing, schedule)
     else:
         raise ValueError(
             f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)} or pass a list of timesteps"
         )
     return torch.tensor(grid[::-1], dtype=torch.int64)
+
+
+def _log_snr_grid(T: int, S: int, spacing: str, schedule: NoiseSchedule | None) -> list[int]:  # noqa: N803
+    """The increasing timesteps of a "logsnr" or "karras" grid of S points."""
+    if schedule is None:
+        raise ValueError(f"the {spacing!r} grid is placed by log-SNR: pass schedule= (the NoiseSchedule)")
+    if schedule.T != T:
+        raise ValueError(f"the schedule has T = {schedule.T} timesteps but the grid was asked for T = {T}")
+    a = schedule.alphas_cumprod.clamp_min(ZERO_SNR_A)
+    lam = a.log() - (1 - a).log()  # log-SNR, decreasing in t (Kingma et al. 2021, eq. 2)
+    lam_min, lam_max = lam[-1].item(), lam[0].item()
+    if spacing == "logsnr":
+        targets = torch.linspace(lam_min, lam_max, S, dtype=torch.float64)
+    else:
+        # Karras eq. 5 in sigma = exp(-log_snr / 2), from sigma_max (i = 0) down to sigma_min
+        hi, lo = math.exp(-lam_min / 2) ** (1 / KARRAS_RHO), math.exp(-lam_max / 2) ** (1 / KARRAS_RHO)
+        sigmas = (hi + torch.linspace(0, 1, S, dtype=torch.float64) * (lo - hi)) ** KARRAS_RHO
+        targets = -2 * sigmas.log()
+    # the integer timestep of nearest log-SNR (lam.flip(0) increases with j, where t = T-1-j)
+    inc = lam.flip(0).contiguous()
+    j = torch.searchsorted(inc, targets).clamp(max=T - 1)
+    below = (j - 1).clamp(min=0)
+    nearest = torch.where((targets - inc[below]).abs() <= (inc[j] - targets).abs(), below, j)
+    grid = sorted(T - 1 - int(k) for k in nearest)
+    for i in range(1, S):  # raise repeats (as "quadratic" does) ...
+        grid[i] = max(grid[i], grid[i - 1] + 1)
+    for i in range(S - 1, -1, -1):  # ... and keep the top within T-1
+        grid[i] = min(grid[i], T - 1 if i == S - 1 else grid[i + 1] - 1)
+    return grid
 
 
 def validate_timesteps(T: int, timesteps: Sequence[int] | Tensor, steps: int | None = None) -> Tensor:  # noqa: N803

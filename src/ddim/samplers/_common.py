@@ -1,7 +1,9 @@
-"""Shared pieces of the samplers: the per-step schedule values and the deterministic DDIM move."""
+"""Shared pieces of the samplers: the per-step schedule values, the deterministic DDIM move, and
+the log-SNR and order bookkeeping of the multistep solvers."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -32,4 +34,21 @@ def grid_steps(schedule: NoiseSchedule, timesteps: Sequence[int] | Tensor) -> li
 
 def ddim_move(x0: Tensor, eps: Tensor, a_prev: float, sigma: float = 0.0) -> Tensor:
     """DDIM eq. 12 without its noise term: sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps."""
-    return a_prev**0.5 * x0 + max(1.0 - a_prev - sigma**2, 0.0) ** 0.5 * eps
+    return (x0 * a_prev**0.5).add_(eps, alpha=max(1.0 - a_prev - sigma**2, 0.0) ** 0.5)
+
+
+def half_log_snr(a: float) -> float:
+    """DPM-Solver's lambda = log(alpha / sigma), half the log-SNR (Lu et al. 2022, sec. 2), for
+    a < 1; -inf at a = 0 (zero terminal SNR), where the step-size ratio r = h_prev / h of the
+    next multistep update becomes infinite and its correction (~ 1/r) vanishes."""
+    return -math.inf if a == 0 else 0.5 * (math.log(a) - math.log1p(-a))
+
+
+def multistep_order(i: int, n: int, order: int, lower_order_final: bool) -> int:
+    """The order of step i of n for a multistep method of `order`: at most i + 1 while the
+    history fills (warm-up, Lu et al. 2022, Alg. 2), 1 on the last step, which goes to a = 1
+    (lambda = +inf) and returns the data prediction, and, with `lower_order_final`, at most
+    n - i on the steps before it (diffusers' `lower_order_final`)."""
+    if i == n - 1:
+        return 1
+    return min(order, i + 1, n - i) if lower_order_final else min(order, i + 1)
