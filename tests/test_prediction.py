@@ -103,3 +103,21 @@ def test_predictor_errors():
         make_predictor(lambda x, t: torch.cat([x, x], 1), sched)(torch.zeros(2, 3), 5)
     with pytest.raises(ValueError, match="clip must be"):
         make_predictor(lambda x, t: x, sched, clip=-1.0)
+
+
+def test_classifier_free_guidance_per_example_and_at_scale_one():
+    from ddim.prediction import classifier_free_guidance
+
+    def model(x, t, y):  # a class-dependent output; class 10 is the null class
+        return x * 0 + y.view(-1, 1).to(x.dtype) + 100.0 * (y == 10).view(-1, 1)
+
+    x, t = torch.zeros(2, 3), torch.zeros(2, dtype=torch.long)
+    y = torch.tensor([3, 7])
+    out = classifier_free_guidance(model, y, 2.0, 10)(x, t)
+    # uncond = 110, cond = y: 110 + 2 (y - 110), each example with its own label (batch of 2)
+    torch.testing.assert_close(out, torch.tensor([[-104.0] * 3, [-96.0] * 3]))
+    torch.testing.assert_close(classifier_free_guidance(model, y, 1.0, 10)(x, t), model(x, t, y))
+    torch.testing.assert_close(classifier_free_guidance(model, y, 0.0, 10)(x, t), torch.full((2, 3), 110.0))
+    # the same example guided alone or in a batch gives the same output
+    alone = classifier_free_guidance(model, y[1:], 2.0, 10)(x[1:], t[1:])
+    torch.testing.assert_close(alone, out[1:])

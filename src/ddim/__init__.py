@@ -3,7 +3,7 @@ interpolation; metrics."""
 
 from ddim.noise import PerSampleNoise
 from ddim.objectives import diffusion_loss
-from ddim.prediction import Prediction, make_predictor
+from ddim.prediction import Prediction, classifier_free_guidance, make_predictor
 from ddim.samplers import SAMPLERS, slerp
 from ddim.sampling import Trajectory, invert, sample
 from ddim.schedule import NoiseSchedule
@@ -16,6 +16,7 @@ __all__ = [
     "PerSampleNoise",
     "Prediction",
     "Trajectory",
+    "classifier_free_guidance",
     "diffusion_loss",
     "invert",
     "make_predictor",

@@ -154,3 +154,27 @@ def make_predictor(
         return Prediction(eps, x0)
 
     return predict
+
+
+def classifier_free_guidance(
+    model: Callable[..., Tensor], y: Tensor, scale: float, null_class: int
+) -> Callable[..., Tensor]:
+    """Ho & Salimans 2022, eq. 6, with scale s = 1 + w: out = out(x, null) + s (out(x, y) - out(x, null)).
+
+    `model(x, t, *extra, y=labels)` is class-conditional with `null_class` as its "no label"
+    index; `y` [N] holds each example's class. Every output target (eps, x0, v) is an affine
+    function of the others at fixed x_t, so guiding the raw output is the same as guiding eps.
+    Both passes run as one batch of 2N, each example paired with its own label; scale 1 is one
+    plain conditional pass."""
+
+    def guided(x: Tensor, t: Tensor, *extra: Tensor) -> Tensor:
+        labels = y.to(x.device)
+        if scale == 1:
+            return model(x, t, *extra, y=labels)
+        doubled = [torch.cat([e, e]) for e in extra]
+        null = torch.full_like(labels, null_class)
+        out = model(torch.cat([x, x]), torch.cat([t, t]), *doubled, y=torch.cat([labels, null]))
+        cond, uncond = out.chunk(2)
+        return uncond + scale * (cond - uncond)
+
+    return guided
