@@ -30,16 +30,6 @@ def zero_init(module: nn.Module) -> nn.Module:
     return module
 
 
-class Pointwise(nn.Linear):
-    """A 1x1 convolution done as one batched matrix product: PyTorch's CPU kernels run it
-    (backward above all) two to three times faster than Conv2d's at these channel counts."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        n, _, height, width = x.shape
-        weight = self.weight.expand(n, -1, -1)
-        return torch.baddbmm(self.bias[:, None], weight, x.flatten(2)).view(n, -1, height, width)
-
-
 class ResBlock(nn.Module):
     """Residual block with the embedding applied as scale-shift after the second GroupNorm.
 
@@ -56,7 +46,7 @@ class ResBlock(nn.Module):
         self.emb = nn.Linear(emb_dim, 2 * out_ch)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = zero_init(nn.Conv2d(out_ch, out_ch, 3, padding=1))
-        self.skip = Pointwise(in_ch, out_ch) if in_ch != out_ch else nn.Identity()
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         """x [N, in_ch, H, W]; emb [N, emb_dim], already passed through SiLU by the caller."""

@@ -1,0 +1,130 @@
+"""Training-step throughput of our UNet against the anchor libraries, in one run.
+
+One step = UNet forward + eps-MSE loss + backward + AdamW step, on a batch of grayscale images.
+Anchors: lucidrains' `denoising_diffusion_pytorch` (Unet + GaussianDiffusion, whose forward is
+the loss) and diffusers' `UNet2DModel` (with the same inline loss as ours), each at 0.7-0.8M
+parameters with full self-attention only at the lowest resolution (lucidrains adds linear
+attention elsewhere), plus diffusers at our default widths, which separates the choice of widths
+from the implementation. Steps are interleaved across libraries so that load from other
+processes hits all alike; the table uses the median step time.
+Run: python benchmarks/train_throughput.py --batch 64 --size 16 --steps 20
+"""
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ddim.models import UNet, UNetConfig
+
+T = 1000
+OURS = "ddim (ours), default config"
+Step = Callable[[Tensor], float]
+
+
+def train_step(model: nn.Module, loss_fn: Callable[[Tensor], Tensor]) -> Step:
+    """A closure doing one AdamW step on loss_fn(x0); every library gets the same one."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step(x0: Tensor) -> float:
+        loss = loss_fn(x0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return step
+
+
+def eps_mse(call: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """DDPM eps-prediction loss (Ho et al. 2020, Alg. 1) with linear betas, made inline."""
+    alphas_cumprod = torch.cumprod(1 - torch.linspace(1e-4, 0.02, T, dtype=torch.float64), 0)
+
+    def loss(x0: Tensor) -> Tensor:
+        t = torch.randint(0, T, (x0.shape[0],))
+        a = alphas_cumprod[t].float().view(-1, 1, 1, 1)
+        eps = torch.randn_like(x0)
+        return F.mse_loss(call(a.sqrt() * x0 + (1 - a).sqrt() * eps, t), eps)
+
+    return loss
+
+
+def ours(config: UNetConfig) -> tuple[nn.Module, Step]:
+    net = UNet(config)
+    return net, train_step(net, eps_mse(net))
+
+
+def lucidrains(size: int) -> tuple[nn.Module, Step]:
+    from denoising_diffusion_pytorch import GaussianDiffusion, Unet
+
+    net = Unet(dim=16, dim_mults=(1, 2, 4), channels=1)
+    diffusion = GaussianDiffusion(
+        net, image_size=size, timesteps=T, objective="pred_noise", beta_schedule="linear"
+    )
+    # It normalises [0, 1] images to [-1, 1] itself.
+    return net, train_step(diffusion, lambda x0: diffusion((x0 + 1) / 2))
+
+
+def diffusers(size: int, widths: tuple[int, ...], groups: int) -> tuple[nn.Module, Step]:
+    from diffusers import UNet2DModel
+
+    net = UNet2DModel(
+        sample_size=size,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=widths,
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"),
+        norm_num_groups=groups,
+    )
+    return net, train_step(net, eps_mse(lambda x, t: net(x, t).sample))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--size", type=int, default=16, help="height = width, divisible by 4")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per library")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per library")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    torch.manual_seed(0)
+    config = UNetConfig(in_channels=1)
+    our_widths = tuple(config.base_channels * m for m in config.channel_mult)
+    entries = {
+        OURS: ours(config),
+        "denoising-diffusion-pytorch, dim 16, mults (1, 2, 4)": lucidrains(args.size),
+        "diffusers, widths (32, 32, 64)": diffusers(args.size, (32, 32, 64), 32),
+        f"diffusers, widths {our_widths} as ours": diffusers(args.size, our_widths, config.groups),
+    }
+    x0 = torch.rand(args.batch, 1, args.size, args.size) * 2 - 1
+    times: dict[str, list[float]] = {name: [] for name in entries}
+    for i in range(args.warmup + args.steps):
+        for name, (_, step) in entries.items():
+            start = time.perf_counter()
+            step(x0)
+            if i >= args.warmup:
+                times[name].append(time.perf_counter() - start)
+
+    rate = {name: args.batch / statistics.median(ts) for name, ts in times.items()}
+    print(
+        f"batch {args.batch}, {args.size}x{args.size}x1, median of {args.steps} steps, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads\n"
+    )
+    print("| library | params (M) | images/s | ratio vs ours |")
+    print("|---|---:|---:|---:|")
+    for name, (net, _) in entries.items():
+        params = sum(p.numel() for p in net.parameters()) / 1e6
+        print(f"| {name} | {params:.3f} | {rate[name]:.0f} | {rate[name] / rate[OURS]:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
