@@ -16,7 +16,14 @@ from ddim.prediction import (
     x0_from_v,
 )
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def float64_by_default():
+    """This module's tensors are float64 (the round trips are checked to 1e-12)."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
 
 
 @pytest.fixture

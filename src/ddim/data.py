@@ -92,7 +92,7 @@ def _as_hw(size: Size | None) -> tuple[int, int] | None:
     return hw
 
 
-def _fit(images: Tensor, size: tuple[int, int] | None) -> Tensor:
+def fit_size(images: Tensor, size: tuple[int, int] | None) -> Tensor:
     """Resize [N, C, h, w] to cover `size` keeping the aspect ratio, then centre-crop to it."""
     h, w = images.shape[-2:]
     if size is None or (h, w) == size:
@@ -105,7 +105,7 @@ def _fit(images: Tensor, size: tuple[int, int] | None) -> Tensor:
     return images[..., top : top + height, left : left + width].clamp(-1.0, 1.0)
 
 
-def _match_channels(images: Tensor, channels: int | None) -> Tensor:
+def match_channels(images: Tensor, channels: int | None) -> Tensor:
     """Convert [..., C, H, W] in [-1, 1] to `channels` (1 or 3) channels."""
     c = images.shape[-3]
     if channels is None or channels == c:
@@ -176,7 +176,7 @@ class WrappedDataset(Dataset):
 
 def _finish(image: Tensor, size: tuple[int, int] | None, channels: int | None, flip: bool) -> Tensor:
     """One image [C, H, W] in [-1, 1] -> resized, channel-converted and maybe flipped."""
-    image = _fit(_match_channels(image, channels).unsqueeze(0), size)
+    image = fit_size(match_channels(image, channels).unsqueeze(0), size)
     return (random_flip(image) if flip else image)[0]
 
 
@@ -407,7 +407,7 @@ def load_dataset(
             f"unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}, or the path of a "
             "folder of images or MNIST-style IDX files"
         )
-    images = _match_channels(_fit(normalize(images), hw), channels)
+    images = match_channels(fit_size(normalize(images), hw), channels)
     return TensorImageDataset(images, labels, num_classes, flip)
 
 
