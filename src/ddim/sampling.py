@@ -11,7 +11,7 @@ from torch import Tensor
 
 from ddim.noise import Generators
 from ddim.prediction import Clip, make_predictor
-from ddim.samplers import SAMPLERS, ddim_invert
+from ddim.samplers import DEFAULT_SPACINGS, SAMPLERS, ddim_invert
 from ddim.samplers._common import Callback
 from ddim.schedule import NoiseSchedule
 from ddim.timesteps import make_timesteps
@@ -41,7 +41,7 @@ def sample(
     steps: int | None = None,
     eta: float = 0.0,
     sampler: str = "ddim",
-    spacing: str | Sequence[int] = "trailing",
+    spacing: str | Sequence[int] | None = None,
     prediction: str = "eps",
     clip: Clip = None,
     generator: Generators = None,
@@ -50,7 +50,8 @@ def sample(
     return_all_timesteps: bool = False,
     **options,
 ) -> Tensor | Trajectory:
-    """Sample x0 from x_T with a named sampler on a grid of `steps` timesteps (default 50).
+    """Sample x0 from x_T with a named sampler on a grid of `steps` timesteps (default 50);
+    `spacing` None takes the sampler's measured best grid (DEFAULT_SPACINGS: "trailing" for ddim).
 
     `model(x_t, t)` maps a float tensor [N, ...] and int64 timesteps [N] to a tensor shaped like
     x_t holding the declared `prediction` ("eps", "x0" or "v"). `clip` (default None: no
@@ -62,6 +63,7 @@ def sample(
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     fn = SAMPLERS[sampler]
+    spacing = DEFAULT_SPACINGS[sampler] if spacing is None else spacing
     if "eta" in inspect.signature(fn).parameters:
         options["eta"] = eta
     elif eta != 0:

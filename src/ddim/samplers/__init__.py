@@ -22,7 +22,22 @@ SAMPLERS = {
     "heun": heun,
 }
 
+# Each sampler's grid when none is asked for, chosen by measurement on the exact Gaussian oracle
+# (tests/test_higher_order.py::test_recommended_grids; docs/samplers.md): a multistep solver
+# loses its order on `trailing`, whose last step jumps from t = T/S - 1 straight to clean data.
+DEFAULT_SPACINGS = {
+    "ddim": "trailing",
+    "ddpm": "trailing",
+    "ddpm_sigma_hat": "trailing",
+    "dpmpp_2m": "logsnr",
+    "dpmpp_3m": "logsnr",
+    "unipc": "logsnr",
+    "euler": "trailing",
+    "heun": "karras",
+}
+
 __all__ = [
+    "DEFAULT_SPACINGS",
     "SAMPLERS",
     "ddim",
     "ddim_invert",
