@@ -28,3 +28,18 @@ def test_list_of_generators_is_used_per_example():
     gens = [torch.Generator().manual_seed(i) for i in range(3)]
     z = PerSampleNoise.split(gens, 3).randn((2,))
     assert torch.equal(z[1], torch.randn(2, generator=torch.Generator().manual_seed(1)))
+
+
+def test_sample_seeded_does_not_depend_on_batching():
+    import ddim
+
+    sched = ddim.NoiseSchedule.linear(100)
+    model = lambda x, t: 0.5 * x  # noqa: E731
+    opts = dict(steps=10, eta=1.0)
+    whole = ddim.sample_seeded(model, sched, (2, 3), seed=5, start=0, n=130, **opts)
+    parts = [
+        ddim.sample_seeded(model, sched, (2, 3), seed=5, start=s, n=k, **opts) for s, k in ((0, 7), (7, 123))
+    ]
+    assert torch.equal(whole, torch.cat(parts))
+    other = ddim.sample_seeded(model, sched, (2, 3), seed=6, start=0, n=7, **opts)
+    assert not torch.allclose(other, whole[:7])

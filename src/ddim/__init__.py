@@ -5,7 +5,7 @@ from ddim.noise import PerSampleNoise
 from ddim.objectives import diffusion_loss
 from ddim.prediction import Prediction, classifier_free_guidance, make_predictor
 from ddim.samplers import SAMPLERS, slerp
-from ddim.sampling import Trajectory, invert, sample
+from ddim.sampling import Trajectory, invert, sample, sample_seeded
 from ddim.schedule import NoiseSchedule
 from ddim.timesteps import SPACINGS, make_timesteps
 
@@ -22,5 +22,6 @@ __all__ = [
     "make_predictor",
     "make_timesteps",
     "sample",
+    "sample_seeded",
     "slerp",
 ]

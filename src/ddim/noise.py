@@ -29,9 +29,10 @@ class _Block(NamedTuple):
     hi: int  # one past the last row kept
 
 
-def seed_for(seed: int, block: int) -> int:
-    """A well-mixed 63-bit seed for block `block` of a run seeded with `seed`."""
-    return int(np.random.SeedSequence([seed, block]).generate_state(1, np.uint64)[0] >> 1)
+def seed_for(seed: int, *keys: int) -> int:
+    """A well-mixed 63-bit seed for the stream named by `keys` (e.g. a block index) of a run
+    seeded with `seed`."""
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def _blocks(make_generator, n: int, start: int) -> list[_Block]:
@@ -49,16 +50,22 @@ class PerSampleNoise:
         self.blocks = blocks
 
     @classmethod
-    def from_seed(cls, seed: int, n: int, start: int = 0, device: str = "cpu") -> PerSampleNoise:
+    def from_seed(
+        cls, seed: int, n: int, start: int = 0, device: str = "cpu", stream: int = 0
+    ) -> PerSampleNoise:
         """Examples start..start+n-1 of a run seeded with `seed` (the same for any split of the
-        indices into batches or processes)."""
-        return cls(_blocks(lambda b: torch.Generator(device).manual_seed(seed_for(seed, b)), n, start))
+        indices into batches or processes); `stream` > 0 names another independent stream of
+        the same examples (e.g. a sampler's per-step noise beside x_T)."""
+        keys = (lambda b: (b,)) if stream == 0 else (lambda b: (b, stream))
+        return cls(_blocks(lambda b: torch.Generator(device).manual_seed(seed_for(seed, *keys(b))), n, start))
 
     @classmethod
-    def split(cls, generator: Generators, n: int) -> PerSampleNoise:
+    def split(cls, generator: Generators | PerSampleNoise, n: int) -> PerSampleNoise:
         """From one generator (block seeds drawn from it in order, so example i's stream does not
-        depend on n), a list of n generators (one per example, used as they are), or None (fresh
-        entropy, not the global RNG)."""
+        depend on n), a list of n generators (one per example, used as they are), a
+        PerSampleNoise (used as it is), or None (fresh entropy, not the global RNG)."""
+        if isinstance(generator, PerSampleNoise):
+            return generator
         if generator is None:
             generator = torch.Generator()
             generator.seed()

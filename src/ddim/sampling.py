@@ -9,7 +9,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ddim.noise import Generators
+from ddim.noise import Generators, PerSampleNoise
 from ddim.prediction import Clip, make_predictor
 from ddim.samplers import DEFAULT_SPACINGS, SAMPLERS, ddim_invert
 from ddim.samplers._common import Callback
@@ -83,6 +83,27 @@ def sample(
 
     out = fn(predict, x_T, schedule, timesteps, generator=generator, callback=collect, **options)
     return Trajectory(out, torch.stack(xs), torch.stack(x0s), timesteps)
+
+
+def sample_seeded(
+    model: Callable[..., Tensor],
+    schedule: NoiseSchedule,
+    shape: Sequence[int],
+    seed: int,
+    start: int,
+    n: int,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    **options,
+) -> Tensor:
+    """Examples start..start+n-1 of the run seeded with `seed`: x_T and each example's per-step
+    noise come from the seed and the example's index, so an image is the same however the
+    examples are split into batches or processes. `options` go to `sample`."""
+    x_T = PerSampleNoise.from_seed(seed, n, start).randn(shape, device=device, dtype=dtype)  # noqa: N806
+    return sample(
+        model, x_T, schedule, generator=PerSampleNoise.from_seed(seed, n, start, stream=1), **options
+    )
 
 
 def invert(
