@@ -1,0 +1,127 @@
+"""Sampler benchmarks: for one model, each sampler at each budget of model calls, the sample
+quality (with its real-vs-real floor) and the wall time; written as a markdown table, a CSV and a
+plot of the metric against model calls, one line per sampler.
+
+Every sampler starts from the same x_T (examples keyed by seed and index), so the differences in
+the table are the samplers' own.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ddim.evaluation.metrics import evaluate
+from ddim.samplers import DEFAULT_SPACINGS, SAMPLERS
+from ddim.sampling import sample_seeded
+from ddim.schedule import NoiseSchedule
+
+COLUMNS = ("sampler", "spacing", "eta", "steps", "model_calls", "seconds", "fid", "fid_floor", "kid",
+           "precision", "recall")  # fmt: skip
+
+
+def steps_for_calls(sampler: str, calls: int) -> int:
+    """Steps that spend at most `calls` model calls: Heun spends 2 per step but the last (2S - 1)."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
+    return (calls + 1) // 2 if sampler == "heun" else calls
+
+
+def generate(
+    model: Callable[..., Tensor], schedule: NoiseSchedule, shape: Sequence[int], n: int, *, seed: int = 0,
+    batch_size: int = 250, device: torch.device | str = "cpu", progress: bool = True, **options,
+) -> Tensor:  # fmt: skip
+    """n images [n, *shape] on the CPU, in batches under inference mode; image i depends only on
+    the seed and i (`ddim.sample_seeded`). `options` go to `ddim.sample`."""
+    out = []
+    with torch.inference_mode():
+        for start in tqdm(range(0, n, batch_size), desc="sampling", unit="batch", disable=not progress,
+                          leave=False):  # fmt: skip
+            k = min(batch_size, n - start)
+            out.append(sample_seeded(model, schedule, shape, seed, start, k, device=device, **options).cpu())
+    return torch.cat(out)
+
+
+def bench_samplers(
+    model: Callable[..., Tensor],
+    schedule: NoiseSchedule,
+    shape: Sequence[int],
+    reference: str | os.PathLike,
+    *,
+    samplers: Iterable[str | tuple[str, float]] = ("ddim", "dpmpp_2m", "unipc", "heun"),
+    calls: Iterable[int] = (5, 10, 20, 50, 100),
+    n: int = 2000,
+    prediction: str = "eps",
+    features: str = "digits",
+    seed: int = 0,
+    batch_size: int = 250,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    **evaluate_options,
+) -> list[dict]:
+    """One row per (sampler, budget): the metrics of n samples and the sampling wall time. A
+    sampler may be given as (name, eta) for the stochastic DDIM family."""
+    rows = []
+    for entry in samplers:
+        name, eta = entry if isinstance(entry, tuple) else (entry, 0.0)
+        for budget in calls:
+            steps = min(steps_for_calls(name, budget), schedule.T)
+            options = {"steps": steps, "sampler": name, "prediction": prediction}
+            if eta:
+                options["eta"] = eta
+            started = time.perf_counter()
+            images = generate(model, schedule, shape, n, seed=seed, batch_size=batch_size, device=device,
+                              progress=progress, **options)  # fmt: skip
+            seconds = time.perf_counter() - started
+            scores = evaluate(images, reference, features, **evaluate_options)
+            calls_used = 2 * steps - 1 if name == "heun" else steps
+            rows.append({"sampler": name, "spacing": DEFAULT_SPACINGS[name], "eta": eta, "steps": steps,
+                         "model_calls": calls_used, "seconds": seconds,
+                         **{k: scores[k] for k in COLUMNS[6:]}})  # fmt: skip
+            if progress:
+                tqdm.write(f"{name} eta={eta} steps={steps}: fid {scores['fid']:.3f} in {seconds:.1f} s")
+    return rows
+
+
+def label(row: dict) -> str:
+    return row["sampler"] if not row["eta"] else f"{row['sampler']} (eta={row['eta']:g})"
+
+
+def write_report(rows: list[dict], out_dir: str | os.PathLike, metric: str = "fid") -> list[Path]:
+    """`out_dir/samplers.md`, `samplers.csv` and `samplers.png` (the metric against model calls)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "samplers.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in rows:
+        cells = [f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    (out / "samplers.md").write_text("\n".join(lines) + "\n")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in dict.fromkeys(label(r) for r in rows):
+        mine = [r for r in rows if label(r) == name]
+        ax.plot([r["model_calls"] for r in mine], [r[metric] for r in mine], marker="o", label=name)
+    floor = rows[0].get(f"{metric}_floor") if rows else None
+    if floor is not None:
+        ax.axhline(floor, color="gray", linestyle="--", label="real vs real")
+    ax.set(xscale="log", yscale="log", xlabel="model calls", ylabel=metric.upper())
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "samplers.png", dpi=120)
+    plt.close(fig)
+    return [out / "samplers.md", out / "samplers.csv", out / "samplers.png"]
