@@ -23,8 +23,8 @@ from ddim.samplers import DEFAULT_SPACINGS, SAMPLERS
 from ddim.sampling import sample_seeded
 from ddim.schedule import NoiseSchedule
 
-COLUMNS = ("sampler", "spacing", "eta", "steps", "model_calls", "seconds", "fid", "fid_floor", "kid",
-           "precision", "recall")  # fmt: skip
+COLUMNS = ("sampler", "spacing", "eta", "budget", "steps", "model_calls", "seconds", "fid", "fid_floor",
+           "kid", "precision", "recall")  # fmt: skip
 
 
 def steps_for_calls(sampler: str, calls: int) -> int:
@@ -82,9 +82,9 @@ def bench_samplers(
             seconds = time.perf_counter() - started
             scores = evaluate(images, reference, features, **evaluate_options)
             calls_used = 2 * steps - 1 if name == "heun" else steps
-            rows.append({"sampler": name, "spacing": DEFAULT_SPACINGS[name], "eta": eta, "steps": steps,
-                         "model_calls": calls_used, "seconds": seconds,
-                         **{k: scores[k] for k in COLUMNS[6:]}})  # fmt: skip
+            rows.append({"sampler": name, "spacing": DEFAULT_SPACINGS[name], "eta": eta, "budget": budget,
+                         "steps": steps, "model_calls": calls_used, "seconds": seconds,
+                         **{k: scores[k] for k in COLUMNS[7:]}})  # fmt: skip
             if progress:
                 tqdm.write(f"{name} eta={eta} steps={steps}: fid {scores['fid']:.3f} in {seconds:.1f} s")
     return rows
