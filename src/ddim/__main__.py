@@ -1,0 +1,5 @@
+"""`python -m ddim`: the `ddim` command."""
+
+from ddim.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,159 @@
+"""`ddim eval` (sample quality of a set of images against a dataset, with the real-vs-real floor)
+and `ddim bench-samplers` (each sampler at each budget of model calls, for one checkpoint)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ddim.cli._common import add_run_options, positive_int, print_json
+from ddim.config import resolve_device
+from ddim.evaluation import InceptionFeatures, evaluate
+from ddim.evaluation.metrics import DEFAULT_CACHE
+from ddim.evaluation.sampler_bench import bench_samplers, write_report
+from ddim.samplers import SAMPLERS
+from ddim.training import load_checkpoint
+
+METRICS = ("fid", "kid", "precision", "recall")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"every value must be >= 1, got {text!r}")
+    return values
+
+
+def _samplers(text: str) -> list[str]:
+    names = text.split(",")
+    unknown = [n for n in names if n not in SAMPLERS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown sampler {unknown[0]!r}; choose from {', '.join(SAMPLERS)}")
+    return names
+
+
+def _add_metric_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--reference",
+        required=True,
+        metavar="digits|PATH|NAME",
+        help="the real data: 'digits', a folder of images or IDX files, or a torchvision name",
+    )
+    p.add_argument(
+        "--features",
+        choices=("digits", "inception"),
+        default="digits",
+        help="digits: the shipped classifier (offline; digits, MNIST, Fashion-MNIST); inception: "
+        "Inception-v3 in the pytorch-fid convention (default digits)",
+    )
+    p.add_argument(
+        "--inception-weights",
+        metavar="PATH",
+        help="pt_inception-2015-12-05-6726825d.pth for --features inception",
+    )
+    p.add_argument(
+        "--n-reference",
+        type=positive_int,
+        default=10000,
+        help="reference images, split into two halves for the floor (default 10000)",
+    )
+    p.add_argument("--split", default="train", help="the reference split (default train)")
+    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="where reference statistics are cached")
+
+
+def add_parsers(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "eval",
+        help="FID, KID, precision and recall of samples against real data",
+        description="Score a set of images (an .npz written by `ddim sample --npz`) "
+        "against real data; every figure is printed beside its real-vs-real floor.",
+    )
+    p.add_argument("--samples", required=True, metavar="NPZ", help="images, as written by ddim sample --npz")
+    _add_metric_options(p)
+    add_run_options(p)
+    p.set_defaults(run=run_eval)
+
+    p = commands.add_parser(
+        "bench-samplers",
+        help="sample quality and time of each sampler per model calls",
+        description="For one checkpoint, run each sampler at each budget of model calls "
+        "from the same x_T, and write a markdown table, a CSV and a plot of the metric "
+        "against model calls.",
+    )
+    p.add_argument("--checkpoint", required=True, metavar="RUN_DIR")
+    p.add_argument(
+        "--samplers",
+        type=_samplers,
+        default=["ddim", "dpmpp_2m", "unipc", "heun"],
+        help="comma-separated sampler names (default ddim,dpmpp_2m,unipc,heun)",
+    )
+    p.add_argument(
+        "--calls",
+        type=_int_list,
+        default=[5, 10, 20, 50, 100],
+        help="budgets of model calls (default 5,10,20,50,100)",
+    )
+    p.add_argument("--n", type=positive_int, default=2000, help="samples per cell (default 2000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=250)
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for samplers.md, .csv and .png")
+    _add_metric_options(p)
+    add_run_options(p)
+    p.set_defaults(run=run_bench)
+
+
+def _metric_kwargs(args: argparse.Namespace) -> dict:
+    features = InceptionFeatures(args.inception_weights) if args.features == "inception" else args.features
+    return {
+        "features": features,
+        "n_reference": args.n_reference,
+        "split": args.split,
+        "cache_dir": args.cache_dir or None,
+    }
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    if args.dry_run:
+        print_json(vars(args) | {"run": None})
+        return
+    if not Path(args.samples).is_file():
+        raise FileNotFoundError(f"{args.samples} does not exist; write samples with `ddim sample --npz`")
+    scores = evaluate(args.samples, args.reference, **_metric_kwargs(args))
+    print(
+        f"{scores['n_samples']} samples against {scores['n_reference']} reference images "
+        f"(floor: {scores['n_floor']} other reference images)"
+    )
+    print("| metric | samples | real vs real |\n|---|---|---|")
+    for name in METRICS:
+        print(f"| {name} | {scores[name]:.4f} | {scores[name + '_floor']:.4f} |")
+
+
+def run_bench(args: argparse.Namespace) -> None:
+    if args.dry_run:
+        print_json(vars(args) | {"run": None})
+        return
+    device = resolve_device(args.device)
+    ckpt = load_checkpoint(args.checkpoint, device=device)
+    size = ckpt.config.data.size or 16
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    kwargs = _metric_kwargs(args)
+    rows = bench_samplers(
+        ckpt.model,
+        ckpt.schedule,
+        (ckpt.config.model.in_channels, *hw),
+        args.reference,
+        samplers=args.samplers,
+        calls=args.calls,
+        n=args.n,
+        prediction=ckpt.prediction,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=device,
+        **kwargs,
+    )
+    files = write_report(rows, args.out)
+    print(files[0].read_text())
+    print("written: " + ", ".join(str(f) for f in files))
