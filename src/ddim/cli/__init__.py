@@ -1,4 +1,5 @@
-"""The `ddim` command (also `python -m ddim`): train, sample, invert, interpolate, demo.
+"""The `ddim` command (also `python -m ddim`): train, sample, invert, interpolate, demo, eval,
+bench-samplers.
 
 Every subcommand has --help and --dry-run (print the resolved configuration as JSON, do no work).
 A bad value exits with status 2 and one line on stderr, never a traceback.
@@ -11,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from ddim.cli import generate, train
+from ddim.cli import evaluate, generate, train
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train.add_parsers(commands)
     generate.add_parsers(commands)
+    evaluate.add_parsers(commands)
     return parser
 
 
