@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import safetensors.torch
 import torch
@@ -54,3 +55,26 @@ def test_a_failing_rank_stops_the_whole_run(tmp_path):
     assert done.returncode != 0
     assert "broken on purpose" in done.stderr + done.stdout
     assert time.monotonic() - started < 200  # stopped, not hung until the subprocess timeout
+
+
+@pytest.mark.slow
+def test_distributed_sampling_equals_one_process(tmp_path):
+    from ddim.cli import main
+
+    run = tmp_path / "run"
+    tiny = ["--size", "8", "--base-channels", "8", "--channel-mult", "1,2", "--batch-size", "8"]
+    assert main(["train", "--data", "digits", "--out", str(run), *tiny, "--steps", "2", "--sample-every", "0",
+                 "--log-every", "0", "--device", "cpu"]) == 0  # fmt: skip
+    arrays = {}
+    for nproc in (1, 2):
+        npz = tmp_path / f"{nproc}.npz"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "ddim", "sample", "--checkpoint", str(run), "--num-samples", "7", "--steps", "4",
+               "--eta", "1", "--batch-size", "3", "--out", str(tmp_path / f"{nproc}.png"),
+               "--npz", str(npz)]  # fmt: skip
+        env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        arrays[nproc] = np.load(npz)["images"]
+    assert arrays[1].shape == (7, 8, 8, 1)
+    assert np.array_equal(arrays[1], arrays[2])  # 2 ranks (4 + 3 images) gathered = 1 process

@@ -38,11 +38,13 @@ def is_main_process() -> bool:
 def init_from_env(device: torch.device, timeout_s: float | None = None) -> torch.device:
     """Join torchrun's process group when launched by it and return this process's device (for
     CUDA, the GPU of its LOCAL_RANK). `timeout_s` defaults to $DDIM_DIST_TIMEOUT or 30 minutes."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return device
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
+    if is_distributed():
+        return device
     timeout = timeout_s or float(os.environ.get("DDIM_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout))

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from ddim.config import RunConfig, resolve_device
 from ddim.data import build_dataset
+from ddim.distributed import init_from_env, is_main_process
 from ddim.noise import PerSampleNoise, seed_for
 from ddim.prediction import Clip
 from ddim.sampling import DEFAULT_STEPS, Trajectory, sample
@@ -161,7 +162,8 @@ def locate(args: argparse.Namespace) -> tuple[Path, RunConfig, int]:
 
 def load(args: argparse.Namespace, folder: Path) -> LoadedCheckpoint:
     """The checkpoint's model (EMA weights unless --no-ema) on --device."""
-    return load_checkpoint(folder, use_ema=not args.no_ema, device=resolve_device(args.device))
+    device = init_from_env(resolve_device(args.device))  # under torchrun: join the group, take its GPU
+    return load_checkpoint(folder, use_ema=not args.no_ema, device=device)
 
 
 def image_shape(run: RunConfig) -> tuple[int, int, int]:
@@ -210,14 +212,20 @@ def decode(
         )
 
 
-def generate(checkpoint: LoadedCheckpoint, n: int, seed: int, batch_size: int, options: Sampling) -> Tensor:
-    """n images [n, C, H, W] in [-1, 1] on the CPU; image i is the same for any batch_size."""
+def generate(
+    checkpoint: LoadedCheckpoint, n: int, seed: int, batch_size: int, options: Sampling, first: int = 0
+) -> Tensor:
+    """Images first..first+n-1 [n, C, H, W] in [-1, 1] on the CPU; image i is the same for any
+    batch_size and any split of the indices among processes."""
     shape = image_shape(checkpoint.config)
     batches = []
-    for start in tqdm(range(0, n, batch_size), desc="sampling", unit="batch"):
-        x_T = PerSampleNoise.from_seed(seed, min(batch_size, n - start), start=start).randn(shape)  # noqa: N806
+    stop = first + n
+    for start in tqdm(
+        range(first, stop, batch_size), desc="sampling", unit="batch", disable=not is_main_process()
+    ):
+        x_T = PerSampleNoise.from_seed(seed, min(batch_size, stop - start), start=start).randn(shape)  # noqa: N806
         batches.append(decode(checkpoint, x_T, options, seed, start).float().cpu())
-    return torch.cat(batches)
+    return torch.cat(batches) if batches else torch.empty(0, *shape)
 
 
 def trajectory(checkpoint: LoadedCheckpoint, n: int, seed: int, options: Sampling) -> Trajectory:

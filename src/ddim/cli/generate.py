@@ -32,6 +32,7 @@ from ddim.cli._common import (
 )
 from ddim.config import RunConfig
 from ddim.data import load_dataset, to_uint8
+from ddim.distributed import gather_on_main, is_main_process, split_range
 from ddim.images import save_grid, save_trajectory_strip
 from ddim.noise import PerSampleNoise
 from ddim.samplers import SAMPLERS, slerp
@@ -47,7 +48,15 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     )
     add_checkpoint_options(p)
     add_clip_option(p)
-    p.add_argument("--n", type=positive_int, default=64, help="number of images (default 64)")
+    p.add_argument(
+        "--n",
+        "--num-samples",
+        dest="n",
+        type=positive_int,
+        default=64,
+        help="number of images (default 64); under torchrun write --num-samples, since torchrun reads --n as "
+        "an abbreviation of its own options",
+    )
     p.add_argument(
         "--eta", type=non_negative_float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like"
     )
@@ -107,7 +116,10 @@ def run_sample(args: argparse.Namespace) -> None:
         return
     checkpoint = load(args, folder)
     options = Sampling(args.steps, args.eta, args.sampler, args.spacing, args.clip, args.bf16)
-    images = generate(checkpoint, args.n, args.seed, args.batch_size, options)
+    first, stop = split_range(args.n)  # this process's share under torchrun; all of it otherwise
+    images = gather_on_main(generate(checkpoint, stop - first, args.seed, args.batch_size, options, first))
+    if not is_main_process():
+        return
     print(f"wrote {save_grid(images, args.out)} ({args.n} images, {args.steps} {args.sampler} steps)")
     if args.npz:
         np.savez(args.npz, images=to_uint8(images))
