@@ -74,3 +74,16 @@ def test_pickled_weights_are_refused(tmp_path):
     (tmp_path / "diffusion_pytorch_model.bin").write_bytes(b"pickle")
     with pytest.raises(FileNotFoundError, match="does not unpickle"):
         load_diffusers(tmp_path)
+
+
+def test_ddim_sample_command_takes_a_diffusers_folder(saved, tmp_path):
+    from ddim.cli import main
+
+    path, _, _ = saved
+    npz = tmp_path / "s.npz"
+    argv = ["sample", "--checkpoint", str(path), "--n", "3", "--steps", "4", "--out", str(tmp_path / "g.png"),
+            "--npz", str(npz), "--device", "cpu", "--clip", "none"]  # fmt: skip
+    assert main(argv) == 0
+    import numpy as np
+
+    assert np.load(npz)["images"].shape == (3, 8, 8, 3)

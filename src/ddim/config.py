@@ -143,6 +143,16 @@ class RunConfig:
             f"({self.diffusion.timesteps})",
         )
 
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images the model trains on."""
+        size = self.data.size
+        if size is None:  # the dataset's own size: look at one image
+            from ddim.data import build_dataset
+
+            return tuple(build_dataset(self.data)[0][0].shape)
+        height, width = (size, size) if isinstance(size, int) else size
+        return self.model.in_channels, height, width
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples become lists once dumped); inverse of `from_dict`."""
         return {name: asdict(getattr(self, name)) for name in _SECTIONS}

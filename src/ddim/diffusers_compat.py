@@ -82,6 +82,8 @@ class DiffusersCheckpoint:
     prediction: str
     image_shape: tuple[int, int, int]  # (C, H, W)
     path: Path
+    self_condition: bool = False  # what ddim's own checkpoints also say, for the CLI
+    num_classes: int | None = None
 
 
 def load_diffusers(path: str | Path, device: str | torch.device = "cpu") -> DiffusersCheckpoint:

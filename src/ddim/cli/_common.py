@@ -17,7 +17,6 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ddim.config import RunConfig, resolve_device
-from ddim.data import build_dataset
 from ddim.distributed import init_from_env, is_main_process
 from ddim.noise import PerSampleNoise, seed_for
 from ddim.prediction import Clip
@@ -166,15 +165,6 @@ def load(args: argparse.Namespace, folder: Path) -> LoadedCheckpoint:
     return load_checkpoint(folder, use_ema=not args.no_ema, device=device)
 
 
-def image_shape(run: RunConfig) -> tuple[int, int, int]:
-    """(C, H, W) of the images the run's model was trained on."""
-    size = run.data.size
-    if size is None:  # a run that kept the dataset's own size: look at one image
-        return tuple(build_dataset(run.data)[0][0].shape)
-    height, width = (size, size) if isinstance(size, int) else size
-    return run.model.in_channels, height, width
-
-
 @contextmanager
 def inference(model: torch.nn.Module, bf16: bool) -> Iterator[torch.device]:
     """Inference mode, with bfloat16 autocast if asked, on the model's device (which it yields)."""
@@ -217,7 +207,7 @@ def generate(
 ) -> Tensor:
     """Images first..first+n-1 [n, C, H, W] in [-1, 1] on the CPU; image i is the same for any
     batch_size and any split of the indices among processes."""
-    shape = image_shape(checkpoint.config)
+    shape = checkpoint.image_shape
     batches = []
     stop = first + n
     for start in tqdm(
@@ -230,5 +220,5 @@ def generate(
 
 def trajectory(checkpoint: LoadedCheckpoint, n: int, seed: int, options: Sampling) -> Trajectory:
     """The whole run of the first n images of `generate(checkpoint, ..., seed, ...)`."""
-    x_T = PerSampleNoise.from_seed(seed, n).randn(image_shape(checkpoint.config))  # noqa: N806
+    x_T = PerSampleNoise.from_seed(seed, n).randn(checkpoint.image_shape)  # noqa: N806
     return decode(checkpoint, x_T, options, seed, return_all_timesteps=True)

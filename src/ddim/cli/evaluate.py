@@ -137,13 +137,11 @@ def run_bench(args: argparse.Namespace) -> None:
         return
     device = resolve_device(args.device)
     ckpt = load_checkpoint(args.checkpoint, device=device)
-    size = ckpt.config.data.size or 16
-    hw = (size, size) if isinstance(size, int) else tuple(size)
     kwargs = _metric_kwargs(args)
     rows = bench_samplers(
         ckpt.model,
         ckpt.schedule,
-        (ckpt.config.model.in_channels, *hw),
+        ckpt.image_shape,
         args.reference,
         samplers=args.samplers,
         calls=args.calls,

@@ -20,7 +20,6 @@ from ddim.cli._common import (
     add_clip_option,
     decode,
     generate,
-    image_shape,
     inference,
     load,
     locate,
@@ -30,9 +29,10 @@ from ddim.cli._common import (
     print_json,
     trajectory,
 )
-from ddim.config import RunConfig
+from ddim.config import RunConfig, resolve_device
 from ddim.data import load_dataset, to_uint8
-from ddim.distributed import gather_on_main, is_main_process, split_range
+from ddim.diffusers_compat import is_diffusers_folder, load_diffusers
+from ddim.distributed import gather_on_main, init_from_env, is_main_process, split_range
 from ddim.images import save_grid, save_trajectory_strip
 from ddim.noise import PerSampleNoise
 from ddim.samplers import SAMPLERS, slerp
@@ -111,10 +111,16 @@ def _dry_run(args: argparse.Namespace, folder: Path, run: RunConfig, step: int, 
 
 
 def run_sample(args: argparse.Namespace) -> None:
-    folder, run, step = locate(args)
-    if _dry_run(args, folder, run, step):
-        return
-    checkpoint = load(args, folder)
+    if is_diffusers_folder(args.checkpoint):  # a diffusers UNet2DModel (+ scheduler config) folder
+        if args.dry_run:
+            print_json({k: v for k, v in vars(args).items() if k not in ("run", "dry_run")})
+            return
+        checkpoint = load_diffusers(args.checkpoint, init_from_env(resolve_device(args.device)))
+    else:
+        folder, run, step = locate(args)
+        if _dry_run(args, folder, run, step):
+            return
+        checkpoint = load(args, folder)
     options = Sampling(args.steps, args.eta, args.sampler, args.spacing, args.clip, args.bf16)
     first, stop = split_range(args.n)  # this process's share under torchrun; all of it otherwise
     images = gather_on_main(generate(checkpoint, stop - first, args.seed, args.batch_size, options, first))
@@ -148,7 +154,7 @@ def _load_images(path: str, size: tuple[int, int], channels: int) -> Dataset:
 
 def run_invert(args: argparse.Namespace) -> None:
     folder, run, step = locate(args)
-    channels, height, width = image_shape(run)
+    channels, height, width = run.image_shape()
     dataset = _load_images(args.images, (height, width), channels)
     if _dry_run(args, folder, run, step, num_images=len(dataset)):
         return
@@ -191,7 +197,7 @@ def run_interpolate(args: argparse.Namespace) -> None:
     if _dry_run(args, folder, run, step):
         return
     checkpoint = load(args, folder)
-    latents = interpolation_latents(*args.seeds, args.n, image_shape(run))
+    latents = interpolation_latents(*args.seeds, args.n, run.image_shape())
     options = Sampling(args.steps, spacing=args.spacing, clip=args.clip, bf16=args.bf16)
     images = torch.cat([decode(checkpoint, z, options).float().cpu() for z in latents.split(args.batch_size)])
     print(f"wrote {save_grid(images, args.out, nrow=args.n)} (seeds {args.seeds[0]} -> {args.seeds[1]})")

@@ -59,6 +59,11 @@ class LoadedCheckpoint:
     def num_classes(self) -> int | None:
         return self.config.model.num_classes
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images the model was trained on."""
+        return self.config.image_shape()
+
 
 def step_dir_name(step: int) -> str:
     return f"step-{step:06d}"
