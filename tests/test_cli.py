@@ -145,6 +145,9 @@ def test_demo_with_few_steps(tmp_path: Path, capsys) -> None:
     assert run("demo", "--out", tmp_path, "--train-steps", "1", "--steps", "2", "--device", "cpu") == 0
     assert (tmp_path / "samples.png").is_file() and (tmp_path / "trajectory.png").is_file()
     assert str(tmp_path / "samples.png") in capsys.readouterr().out
+    # running it again replaces the earlier demo run
+    assert run("demo", "--out", tmp_path, "--train-steps", "1", "--steps", "2", "--device", "cpu") == 0
+    assert "replacing the earlier demo run" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

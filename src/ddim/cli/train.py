@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -229,15 +230,14 @@ def run_demo(args: argparse.Namespace) -> None:
     run = demo_config(args.train_steps, args.device)
     device = resolve_device(args.device)
     out = Path(args.out)
-    if (out / "run").exists():
-        raise ValueError(
-            f"{out / 'run'} already exists: pass another --out, or delete it to run the demo again"
-        )
     if args.steps > run.diffusion.timesteps:
         raise ValueError(f"--steps {args.steps} is more than the model's {run.diffusion.timesteps} timesteps")
     if args.dry_run:
         print_json({"out": args.out, "sampling_steps": args.steps, "run": run.to_dict()})
         return
+    if (out / "run").exists():  # the demo's own folder from an earlier demo: start afresh
+        print(f"replacing the earlier demo run in {out / 'run'}")
+        shutil.rmtree(out / "run")
     start = time.perf_counter()
     checkpoint = load_checkpoint(train(run, out / "run"), device=device)
     options = Sampling(steps=args.steps)
