@@ -7,7 +7,7 @@ import pytest
 import safetensors.torch
 import torch
 from safetensors.torch import load_file
-from test_training import one_thread_only, tiny_run
+from test_training import tiny_run
 
 from ddim import sample
 from ddim.data import load_dataset
@@ -32,12 +32,6 @@ class Payload:
 RUN = tiny_run(steps=2, checkpoint_every=1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    with one_thread_only():
-        yield
-
-
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("digits", size=8)
@@ -46,8 +40,7 @@ def digits():
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, digits):
     out = tmp_path_factory.mktemp("run")
-    with one_thread_only():
-        train(RUN, out, progress=False, dataset=digits)
+    train(RUN, out, progress=False, dataset=digits)
     return out
 
 

@@ -27,15 +27,6 @@ from ddim.evaluation.features import DIGIT_HEADS, _fid_inception
 ASSET = Path(__file__).parents[1] / "src/ddim/assets/digit_classifier.safetensors"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared, loaded CPU more threads spin and run many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _random_psd(d: int, g: torch.Generator) -> torch.Tensor:
     a = torch.randn(d, d, generator=g, dtype=torch.float64)
     return a @ a.T / d + 0.1 * torch.eye(d, dtype=torch.float64)

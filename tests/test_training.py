@@ -1,7 +1,6 @@
 """Tests of ddim.training and ddim.config: LR warm-up, EMA closed forms, the data order, config
 round trips, and short runs of a tiny UNet on 8x8 images (logs, samples, exact resume)."""
 
-import contextlib
 import csv
 import dataclasses
 import json
@@ -32,23 +31,6 @@ def tiny_run(model: dict | None = None, **train) -> RunConfig:
         data=DataConfig(dataset="digits", size=8),
         train=TrainConfig(**{**options, **train}),
     )
-
-
-@contextlib.contextmanager
-def one_thread_only():
-    """One intra-op thread: on a shared, loaded CPU more threads spin and run many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    with one_thread_only():
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,6 @@ from ddim.models import UNet, UNetConfig
 TINY = dict(base_channels=8, channel_mult=(1, 2), groups=4, num_heads=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from intra-op threads, which crawl on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make(seed: int = 0, **overrides) -> UNet:
     """A tiny UNet with every parameter random: the zero-initialised output layers (ADM) would
     otherwise make the output identically zero and hide the paths under test."""
