@@ -233,3 +233,29 @@ def test_python_dash_m_ddim_help() -> None:
     )
     assert result.returncode == 0
     assert all(name in result.stdout for name in ("train", "sample", "invert", "interpolate", "demo"))
+
+
+def test_class_conditional_sampling_with_guidance(tmp_path: Path, run_dir: Path, capsys) -> None:
+    out = tmp_path / "cond"
+    assert run("train", "--data", "digits", "--out", out, *TINY, "--steps", "2", "--conditional", *QUIET) == 0
+    npz = tmp_path / "c.npz"
+    base = [
+        "sample",
+        "--checkpoint",
+        out,
+        "--n",
+        "3",
+        "--steps",
+        "3",
+        "--out",
+        tmp_path / "c.png",
+        "--npz",
+        npz,
+    ]
+    assert run(*base, "--class", "3", "--guidance", "2.0") == 0
+    assert np.load(npz)["images"].shape == (3, SIZE, SIZE, 1)  # the guidance itself: test_prediction.py
+    capsys.readouterr()
+    assert run(*base, "--class", "10") == 2 and "has 10 classes" in capsys.readouterr().err
+    assert run(*base, "--guidance", "2") == 2 and "--guidance needs --class" in capsys.readouterr().err
+    plain = ["sample", "--checkpoint", run_dir, "--n", "2", "--out", tmp_path / "p.png", "--class", "1"]
+    assert run(*plain) == 2 and "is unconditional" in capsys.readouterr().err

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ddim.config import RunConfig, resolve_device
 from ddim.distributed import init_from_env, is_main_process
 from ddim.noise import PerSampleNoise, seed_for
-from ddim.prediction import Clip
+from ddim.prediction import Clip, classifier_free_guidance
 from ddim.sampling import DEFAULT_STEPS, Trajectory, sample
 from ddim.timesteps import SPACINGS
 from ddim.training import LoadedCheckpoint, load_checkpoint
@@ -108,7 +108,10 @@ def add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
         "--steps", type=positive_int, default=DEFAULT_STEPS, help=f"sampling steps (default {DEFAULT_STEPS})"
     )
     parser.add_argument(
-        "--spacing", choices=SPACINGS, default="trailing", help="how the steps are spread (default trailing)"
+        "--spacing",
+        choices=SPACINGS,
+        default=None,
+        help="how the steps are spread (default: the sampler's measured best, trailing for ddim)",
     )
     parser.add_argument("--batch-size", type=positive_int, default=256, help="images per batch (default 256)")
     parser.add_argument(
@@ -140,9 +143,11 @@ class Sampling:
     steps: int = DEFAULT_STEPS
     eta: float = 0.0
     sampler: str = "ddim"
-    spacing: str = "trailing"
+    spacing: str | None = None  # None: the sampler's default grid
     clip: Clip = DEFAULT_CLIP
     bf16: bool = False
+    label: int | None = None  # class-conditional models: the class to sample (None: unconditional)
+    guidance: float = 1.0  # classifier-free guidance scale (1: plain conditional)
 
 
 def locate(args: argparse.Namespace) -> tuple[Path, RunConfig, int]:
@@ -185,9 +190,13 @@ def decode(
     generators = [
         torch.Generator().manual_seed(seed_for(seed, STEP_STREAM + start + i)) for i in range(len(x_T))
     ]
+    model = checkpoint.model
+    if options.label is not None:
+        y = torch.full((len(x_T),), options.label, dtype=torch.int64)
+        model = classifier_free_guidance(checkpoint.model, y, options.guidance, checkpoint.num_classes)
     with inference(checkpoint.model, options.bf16) as device:
         return sample(
-            checkpoint.model,
+            model,
             x_T.to(device),
             checkpoint.schedule,
             options.steps,

@@ -35,7 +35,7 @@ from ddim.diffusers_compat import is_diffusers_folder, load_diffusers
 from ddim.distributed import gather_on_main, init_from_env, is_main_process, split_range
 from ddim.images import save_grid, save_trajectory_strip
 from ddim.noise import PerSampleNoise
-from ddim.samplers import SAMPLERS, slerp
+from ddim.samplers import DEFAULT_SPACINGS, SAMPLERS, slerp
 from ddim.sampling import invert
 
 
@@ -61,6 +61,15 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "--eta", type=non_negative_float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like"
     )
     p.add_argument("--sampler", choices=list(SAMPLERS), default="ddim", help="update rule (default ddim)")
+    p.add_argument(
+        "--class", dest="label", type=non_negative_int, help="class to sample from a --conditional model"
+    )
+    p.add_argument(
+        "--guidance",
+        type=non_negative_float,
+        default=1.0,
+        help="classifier-free guidance scale with --class (Ho & Salimans 2022; 1: none, default 1)",
+    )
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the initial noise (default 0)")
     p.add_argument("--out", default="grid.png", help="grid PNG to write (default grid.png)")
     p.add_argument("--npz", help="also save the images as a uint8 array 'images' [N, H, W, C]")
@@ -121,7 +130,15 @@ def run_sample(args: argparse.Namespace) -> None:
         if _dry_run(args, folder, run, step):
             return
         checkpoint = load(args, folder)
-    options = Sampling(args.steps, args.eta, args.sampler, args.spacing, args.clip, args.bf16)
+    if args.label is not None and (checkpoint.num_classes is None or args.label >= checkpoint.num_classes):
+        have = (
+            "is unconditional" if checkpoint.num_classes is None else f"has {checkpoint.num_classes} classes"
+        )
+        raise ValueError(f"--class {args.label}: the model {have}; train with --conditional, or drop --class")
+    if args.guidance != 1.0 and args.label is None:
+        raise ValueError("--guidance needs --class: guidance steers towards a class")
+    options = Sampling(args.steps, args.eta, args.sampler, args.spacing, args.clip, args.bf16,
+                       args.label, args.guidance)  # fmt: skip
     first, stop = split_range(args.n)  # this process's share under torchrun; all of it otherwise
     images = gather_on_main(generate(checkpoint, stop - first, args.seed, args.batch_size, options, first))
     if not is_main_process():
@@ -160,6 +177,7 @@ def run_invert(args: argparse.Namespace) -> None:
         return
     checkpoint = load(args, folder)
     x0 = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    spacing = args.spacing or DEFAULT_SPACINGS["ddim"]  # the grid the decoder (DDIM) walks
     latents = []
     for batch in x0.split(args.batch_size):
         with inference(checkpoint.model, args.bf16) as device:
@@ -168,14 +186,14 @@ def run_invert(args: argparse.Namespace) -> None:
                 batch.to(device),
                 checkpoint.schedule,
                 args.steps,
-                args.spacing,
+                spacing,
                 checkpoint.prediction,
                 checkpoint.self_condition,
             )
         latents.append(z.float().cpu())
     x_T = torch.cat(latents)  # noqa: N806
     np.savez(args.out, latents=x_T.numpy().astype(np.float32))
-    options = Sampling(args.steps, spacing=args.spacing, clip=None, bf16=args.bf16)  # the inverse of invert
+    options = Sampling(args.steps, spacing=spacing, clip=None, bf16=args.bf16)  # the inverse of invert
     recon = torch.cat([decode(checkpoint, z, options).float().cpu() for z in x_T.split(args.batch_size)])
     print(
         f"wrote {args.out} (latents {tuple(x_T.shape)}); reconstruction MSE {(recon - x0).pow(2).mean():.3g}"
@@ -198,6 +216,8 @@ def run_interpolate(args: argparse.Namespace) -> None:
         return
     checkpoint = load(args, folder)
     latents = interpolation_latents(*args.seeds, args.n, run.image_shape())
-    options = Sampling(args.steps, spacing=args.spacing, clip=args.clip, bf16=args.bf16)
+    options = Sampling(
+        args.steps, spacing=args.spacing or DEFAULT_SPACINGS["ddim"], clip=args.clip, bf16=args.bf16
+    )
     images = torch.cat([decode(checkpoint, z, options).float().cpu() for z in latents.split(args.batch_size)])
     print(f"wrote {save_grid(images, args.out, nrow=args.n)} (seeds {args.seeds[0]} -> {args.seeds[1]})")
