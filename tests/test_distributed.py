@@ -18,8 +18,15 @@ WORKER = Path(__file__).with_name("dist_worker.py")
 
 
 def torchrun(nproc: int, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(WORKER), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        str(WORKER),
+        *args,
+    ]
     env = {"OMP_NUM_THREADS": "1", "DDIM_DIST_TIMEOUT": "60", "PATH": "/usr/bin:/bin"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -46,6 +53,20 @@ def test_two_processes_equal_one_process_with_the_global_batch(tmp_path):
     initial = UNet(tiny_run().model).state_dict()
     moved = max((single[k] - initial[k]).abs().max().item() for k in single)
     assert moved > 100 * worst  # the runs did train: the agreement is not between untouched weights
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_two_processes_resumes_with_one(tmp_path):
+    resumed, straight = tmp_path / "resumed", tmp_path / "straight"
+    for nproc, out, args in (
+        (2, resumed, ("train", "2")),
+        (1, resumed, ("resume", "3")),
+        (1, straight, ("train",)),
+    ):
+        done = torchrun(nproc, str(out), *args)
+        assert done.returncode == 0, done.stderr[-3000:]
+    a, b = weights(resumed / "rank0-model.safetensors"), weights(straight / "rank0-model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
 
 
 @pytest.mark.slow
