@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from ddim.config import DiffusionConfig, RunConfig, TrainConfig
 from ddim.data import DataConfig, load_dataset
-from ddim.distributed import rank
+from ddim.distributed import rank, shutdown
 from ddim.models import UNetConfig
 from ddim.training import train
 
@@ -65,6 +65,7 @@ def main(out: str, mode: str, steps: str = "3") -> None:
     model, ema = (safetensors.torch.load_file(ckpt / name) for name in (c.MODEL, c.EMA))
     safetensors.torch.save_file(model, Path(out) / f"rank{rank()}-model.safetensors")
     safetensors.torch.save_file(ema, Path(out) / f"rank{rank()}-ema.safetensors")
+    shutdown()
 
 
 if __name__ == "__main__":

@@ -51,6 +51,13 @@ def init_from_env(device: torch.device, timeout_s: float | None = None) -> torch
     return device
 
 
+def shutdown() -> None:
+    """Leave the process group, if joined: a process that exits while gloo's threads still run
+    is aborted (SIGABRT) by the C++ runtime."""
+    if is_distributed():
+        dist.destroy_process_group()
+
+
 def shard(global_size: int, what: str = "batch") -> tuple[int, int]:
     """(start, stop) of this rank's contiguous share of `global_size` items, which must divide
     evenly among the ranks."""

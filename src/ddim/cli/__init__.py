@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from ddim.cli import evaluate, generate, train
+from ddim.distributed import shutdown
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.run(args)
+        shutdown()
     except (ValueError, FileNotFoundError) as e:  # ddim.training.CheckpointError is a ValueError
         print(f"ddim {args.command}: error: {e}", file=sys.stderr)
         return 2
