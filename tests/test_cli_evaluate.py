@@ -47,7 +47,7 @@ def test_bench_samplers_writes_table_csv_and_plot(run_dir, tmp_path, capsys):
      (["bench-samplers", "--checkpoint", "x", "--reference", "digits", "--out", "o", "--samplers", "plms"],
       "unknown sampler 'plms'"),
      (["bench-samplers", "--checkpoint", "x", "--reference", "digits", "--out", "o", "--calls", "0,5"],
-      "every value must be >= 1")],
+      "every entry must be a positive integer")],
 )  # fmt: skip
 def test_bad_values_exit_2(argv, message, capsys):
     assert run(*argv) == 2

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ddim.cli._common import add_run_options, positive_int, print_json
+from ddim.cli._common import add_run_options, int_tuple, positive_int, print_json
 from ddim.config import resolve_device
 from ddim.evaluation import InceptionFeatures, evaluate
 from ddim.evaluation.metrics import DEFAULT_CACHE
@@ -15,16 +15,6 @@ from ddim.samplers import SAMPLERS
 from ddim.training import load_checkpoint
 
 METRICS = ("fid", "kid", "precision", "recall")
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"every value must be >= 1, got {text!r}")
-    return values
 
 
 def _samplers(text: str) -> list[str]:
@@ -92,7 +82,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--calls",
-        type=_int_list,
+        type=int_tuple,
         default=[5, 10, 20, 50, 100],
         help="budgets of model calls (default 5,10,20,50,100)",
     )
