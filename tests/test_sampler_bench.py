@@ -21,13 +21,13 @@ def test_steps_for_calls_counts_heun_honestly():
 def test_bench_rows_and_report(tmp_path):
     sched = NoiseSchedule.linear(100)
     model = GaussianOracle(sched, torch.tensor(0.0), torch.tensor(0.5))
-    rows = bench_samplers(model, sched, (1, 8, 8), "digits", samplers=("ddim", ("ddim", 1.0), "heun"),
-                          calls=(3, 6), n=40, cache_dir=None, n_reference=200, kid_subset_size=20,
-                          progress=False)  # fmt: skip
+    samplers = ("ddim", ("ddim", 1.0), "heun@trailing")
+    rows = bench_samplers(model, sched, (1, 8, 8), "digits", samplers=samplers, calls=(3, 6), n=40,
+                          cache_dir=None, n_reference=200, kid_subset_size=20, progress=False)  # fmt: skip
     expected = [("ddim", 0.0, 3), ("ddim", 0.0, 6), ("ddim", 1.0, 3), ("ddim", 1.0, 6), ("heun", 0.0, 3)]
     assert [(r["sampler"], r["eta"], r["model_calls"]) for r in rows] == [*expected, ("heun", 0.0, 5)]
     assert all(r["fid"] > r["fid_floor"] >= 0 for r in rows)  # Gaussian blobs are not digits
     md, csv_file, png = write_report(rows, tmp_path)
-    assert "| ddim | trailing |" in md.read_text()
+    assert "| ddim | trailing |" in md.read_text() and "| heun | trailing |" in md.read_text()
     assert len(list(csv.DictReader(csv_file.open()))) == 6
     assert Image.open(png).size[0] > 300

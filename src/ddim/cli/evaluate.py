@@ -12,17 +12,24 @@ from ddim.evaluation import InceptionFeatures, evaluate
 from ddim.evaluation.metrics import DEFAULT_CACHE
 from ddim.evaluation.sampler_bench import bench_samplers, write_report
 from ddim.samplers import SAMPLERS
+from ddim.timesteps import SPACINGS
 from ddim.training import load_checkpoint
 
 METRICS = ("fid", "kid", "precision", "recall")
 
 
 def _samplers(text: str) -> list[str]:
-    names = text.split(",")
-    unknown = [n for n in names if n not in SAMPLERS]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown sampler {unknown[0]!r}; choose from {', '.join(SAMPLERS)}")
-    return names
+    """ "ddim,dpmpp_2m@trailing": sampler names, each optionally with a grid after "@"."""
+    entries = text.split(",")
+    for entry in entries:
+        name, _, spacing = entry.partition("@")
+        if name not in SAMPLERS:
+            raise argparse.ArgumentTypeError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
+        if spacing and spacing not in SPACINGS:
+            raise argparse.ArgumentTypeError(
+                f"unknown spacing {spacing!r}; choose from {', '.join(SPACINGS)}"
+            )
+    return entries
 
 
 def _add_metric_options(p: argparse.ArgumentParser) -> None:
@@ -78,7 +85,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "--samplers",
         type=_samplers,
         default=["ddim", "dpmpp_2m", "unipc", "heun"],
-        help="comma-separated sampler names (default ddim,dpmpp_2m,unipc,heun)",
+        help="comma-separated sampler names, each optionally NAME@SPACING for another grid "
+        "(default ddim,dpmpp_2m,unipc,heun)",
     )
     p.add_argument(
         "--calls",

@@ -67,13 +67,16 @@ def bench_samplers(
     **evaluate_options,
 ) -> list[dict]:
     """One row per (sampler, budget): the metrics of n samples and the sampling wall time. A
-    sampler may be given as (name, eta) for the stochastic DDIM family."""
+    sampler is a name, "name@spacing" for another grid than its default, or (name, eta) for the
+    stochastic DDIM family."""
     rows = []
     for entry in samplers:
         name, eta = entry if isinstance(entry, tuple) else (entry, 0.0)
+        name, _, spacing = name.partition("@")
+        spacing = spacing or DEFAULT_SPACINGS[name]
         for budget in calls:
             steps = min(steps_for_calls(name, budget), schedule.T)
-            options = {"steps": steps, "sampler": name, "prediction": prediction}
+            options = {"steps": steps, "sampler": name, "spacing": spacing, "prediction": prediction}
             if eta:
                 options["eta"] = eta
             started = time.perf_counter()
@@ -82,7 +85,7 @@ def bench_samplers(
             seconds = time.perf_counter() - started
             scores = evaluate(images, reference, features, **evaluate_options)
             calls_used = 2 * steps - 1 if name == "heun" else steps
-            rows.append({"sampler": name, "spacing": DEFAULT_SPACINGS[name], "eta": eta, "budget": budget,
+            rows.append({"sampler": name, "spacing": spacing, "eta": eta, "budget": budget,
                          "steps": steps, "model_calls": calls_used, "seconds": seconds,
                          **{k: scores[k] for k in COLUMNS[7:]}})  # fmt: skip
             if progress:
@@ -91,7 +94,11 @@ def bench_samplers(
 
 
 def label(row: dict) -> str:
-    return row["sampler"] if not row["eta"] else f"{row['sampler']} (eta={row['eta']:g})"
+    """The sampler's name, with its grid where that is not the default and its eta where not 0."""
+    text = row["sampler"]
+    if row["spacing"] != DEFAULT_SPACINGS[row["sampler"]]:
+        text += f" @{row['spacing']}"
+    return text if not row["eta"] else f"{text} (eta={row['eta']:g})"
 
 
 def write_report(rows: list[dict], out_dir: str | os.PathLike, metric: str = "fid") -> list[Path]:
