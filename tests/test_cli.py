@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ddim.cli import main
@@ -259,3 +260,17 @@ def test_class_conditional_sampling_with_guidance(tmp_path: Path, run_dir: Path,
     assert run(*base, "--guidance", "2") == 2 and "--guidance needs --class" in capsys.readouterr().err
     plain = ["sample", "--checkpoint", run_dir, "--n", "2", "--out", tmp_path / "p.png", "--class", "1"]
     assert run(*plain) == 2 and "is unconditional" in capsys.readouterr().err
+
+
+def test_cli_images_are_the_library_seeded_samples(run_dir: Path, tmp_path: Path) -> None:
+    import ddim
+    from ddim.data import to_uint8
+
+    npz = tmp_path / "s.npz"
+    argv = ["--n", "3", "--steps", "4", "--eta", "1", "--clip", "none", "--seed", "7", "--device", "cpu"]
+    assert run("sample", "--checkpoint", run_dir, *argv, "--out", tmp_path / "g.png", "--npz", npz) == 0
+    ckpt = load_checkpoint(run_dir)
+    with torch.inference_mode():
+        ours = ddim.sample_seeded(ckpt.model, ckpt.schedule, ckpt.image_shape, 7, 0, 3, steps=4, eta=1.0,
+                                  prediction=ckpt.prediction)  # fmt: skip
+    assert np.array_equal(np.load(npz)["images"], to_uint8(ours))

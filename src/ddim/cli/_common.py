@@ -18,16 +18,13 @@ from tqdm import tqdm
 
 from ddim.config import RunConfig, resolve_device
 from ddim.distributed import init_from_env, is_main_process
-from ddim.noise import PerSampleNoise, seed_for
+from ddim.noise import PerSampleNoise
 from ddim.prediction import Clip, classifier_free_guidance
 from ddim.sampling import DEFAULT_STEPS, Trajectory, sample
 from ddim.timesteps import SPACINGS
 from ddim.training import LoadedCheckpoint, load_checkpoint
 from ddim.training.checkpoint import find_checkpoint, read_config
 
-# Sampler noise (eta > 0, ddpm) comes from one stream per example: seed_for(seed, STEP_STREAM + i).
-# The offset keeps these streams apart from the x_T blocks, seed_for(seed, block).
-STEP_STREAM = 2**40
 TRAJECTORY_SAMPLES = 4  # images whose sampling trajectory is shown
 DEFAULT_CLIP = 1.0  # checkpoints trained here model images in [-1, 1], so x0 estimates may be clamped to it
 
@@ -186,10 +183,9 @@ def decode(
     start: int = 0,
     return_all_timesteps: bool = False,
 ) -> Tensor | Trajectory:
-    """Sample from x_T (examples start.. of a run seeded with `seed`) under inference mode."""
-    generators = [
-        torch.Generator().manual_seed(seed_for(seed, STEP_STREAM + start + i)) for i in range(len(x_T))
-    ]
+    """Sample from x_T (examples start.. of a run seeded with `seed`) under inference mode; the
+    per-step noise is each example's own stream, as in `ddim.sample_seeded`."""
+    step_noise = PerSampleNoise.from_seed(seed, len(x_T), start, stream=1)
     model = checkpoint.model
     if options.label is not None:
         y = torch.full((len(x_T),), options.label, dtype=torch.int64)
@@ -205,7 +201,7 @@ def decode(
             options.spacing,
             checkpoint.prediction,
             options.clip,
-            generators,
+            step_noise,
             self_condition=checkpoint.self_condition,
             return_all_timesteps=return_all_timesteps,
         )
