@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from ddim.data import DataConfig
+from ddim.errors import BadValue
 from ddim.models import UNetConfig
 from ddim.objectives import WEIGHTINGS
 from ddim.prediction import PREDICTIONS
@@ -25,7 +26,7 @@ from ddim.schedule import SCHEDULE_KINDS, NoiseSchedule
 
 def _check(ok: bool, message: str) -> None:
     if not ok:
-        raise ValueError(message)
+        raise BadValue(message)
 
 
 @dataclass(frozen=True)
@@ -195,11 +196,11 @@ def _build(cls: type, d: Any, where: str) -> Any:
     for key, value in values.items():
         expected = hints[key]
         if expected in (int, float, bool, str) and not _has_type(value, expected):
-            raise ValueError(f"{where}.{key} must be of type {expected.__name__}, got {value!r}")
+            raise BadValue(f"{where}.{key} must be of type {expected.__name__}, got {value!r}")
     try:
         return cls(**values)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"invalid {where} config: {e}") from e
+        raise BadValue(f"invalid {where} config: {e}") from e
 
 
 def resolve_device(name: str) -> torch.device:
@@ -209,7 +210,7 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as e:
-        raise ValueError(f"unknown device {name!r} ({e}); use 'auto', 'cpu', 'cuda' or 'cuda:N'") from e
+        raise BadValue(f"unknown device {name!r} ({e}); use 'auto', 'cpu', 'cuda' or 'cuda:N'") from e
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available; use 'cpu' or 'auto'")
+        raise BadValue(f"device {name!r} requested but CUDA is not available; use 'cpu' or 'auto'")
     return device

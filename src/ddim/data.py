@@ -38,6 +38,8 @@ from PIL import Image, ImageMode
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from ddim.errors import BadValue, MissingFile
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 # name -> (torchvision class, number of classes); each stores its images as one uint8 array
 _TORCHVISION = {
@@ -88,7 +90,7 @@ def _as_hw(size: Size | None) -> tuple[int, int] | None:
         return None
     hw = (size, size) if isinstance(size, int) else tuple(size)
     if len(hw) != 2 or not all(isinstance(s, int) and s > 0 for s in hw):
-        raise ValueError(f"size must be a positive int or (height, width), got {size!r}")
+        raise BadValue(f"size must be a positive int or (height, width), got {size!r}")
     return hw
 
 
@@ -115,7 +117,7 @@ def match_channels(images: Tensor, channels: int | None) -> Tensor:
     if (c, channels) == (3, 1):
         luma = torch.tensor(_LUMA, dtype=images.dtype, device=images.device)
         return torch.einsum("...chw,c->...hw", images, luma).unsqueeze(-3)
-    raise ValueError(f"cannot convert images with {c} channels to {channels}")
+    raise BadValue(f"cannot convert images with {c} channels to {channels}")
 
 
 @dataclass(eq=False)
@@ -129,11 +131,11 @@ class TensorImageDataset(Dataset):
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4:
-            raise ValueError(f"images must be [N, C, H, W], got shape {tuple(self.images.shape)}")
+            raise BadValue(f"images must be [N, C, H, W], got shape {tuple(self.images.shape)}")
         n = len(self.images)
         labels = torch.full((n,), -1) if self.labels is None else self.labels
         if labels.shape != (n,):
-            raise ValueError(f"{n} images but labels of shape {tuple(labels.shape)}")
+            raise BadValue(f"{n} images but labels of shape {tuple(labels.shape)}")
         self.images, self.labels = self.images.float(), labels.long()
 
     def __len__(self) -> int:
@@ -200,10 +202,10 @@ class ImageFolder(Dataset):
     ) -> None:
         root = Path(root)
         if not root.is_dir():
-            raise FileNotFoundError(f"{root} does not exist or is not a folder")
+            raise MissingFile(f"{root} does not exist or is not a folder")
         self.files, labels, self.classes = _scan(root)
         if not self.files:
-            raise FileNotFoundError(
+            raise MissingFile(
                 f"no images found in {root}; supported: {', '.join(s[1:] for s in IMAGE_SUFFIXES)}"
             )
         self.labels = torch.tensor(labels)
@@ -216,7 +218,7 @@ class ImageFolder(Dataset):
         sizes = [f"{w}x{h}" for _, (w, h) in headers]
         if self.size is None and len(set(sizes)) > 1:
             i = next(i for i, wh in enumerate(sizes) if wh != sizes[0])
-            raise ValueError(
+            raise BadValue(
                 f"{self.files[i]} is {sizes[i]} but {self.files[0]} is {sizes[0]} (width x height);"
                 " pass size=... to resize every image to one size"
             )
@@ -251,7 +253,7 @@ def _read_header(path: Path) -> tuple[str, tuple[int, int]]:
         with Image.open(path) as im:
             return im.mode, im.size
     except (OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"cannot read image {path} ({e}); remove or replace the file") from e
+        raise BadValue(f"cannot read image {path} ({e}); remove or replace the file") from e
 
 
 def _read_image(path: Path, channels: int) -> Tensor:
@@ -266,7 +268,7 @@ def _read_image(path: Path, channels: int) -> Tensor:
                 im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im)
             pixels = np.asarray(im.convert("L" if channels == 1 else "RGB"))
     except (OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"cannot decode image {path} ({e}); remove or replace the file") from e
+        raise BadValue(f"cannot decode image {path} ({e}); remove or replace the file") from e
     return torch.from_numpy(pixels.reshape(*pixels.shape[:2], channels).copy()).permute(2, 0, 1)
 
 
@@ -283,16 +285,16 @@ def read_idx(path: str | os.PathLike, ndim: int) -> np.ndarray:
     except FileNotFoundError:
         raise
     except (OSError, EOFError) as e:
-        raise ValueError(f"cannot read {path} ({e}); the file is corrupt, download it again") from e
+        raise BadValue(f"cannot read {path} ({e}); the file is corrupt, download it again") from e
     magic, header = 0x800 | ndim, 4 + 4 * ndim
     if len(data) < header or int.from_bytes(data[:4], "big") != magic:
-        raise ValueError(
+        raise BadValue(
             f"{path} is not an IDX file of {ndim}-D unsigned bytes: it starts with "
             f"{data[:4].hex()}, expected {magic:08x}; is it the right file?"
         )
     dims = tuple(int(d) for d in np.frombuffer(data, ">i4", ndim, offset=4))
     if len(data) - header != math.prod(dims):
-        raise ValueError(
+        raise BadValue(
             f"{path}: header says shape {dims} ({math.prod(dims)} bytes) but the file holds "
             f"{len(data) - header}; the file is truncated or corrupt, download it again"
         )
@@ -319,13 +321,13 @@ def _idx_folder(root: Path, split: str) -> tuple[Tensor, Tensor]:
     prefix = "train" if split == "train" else "t10k"
     files = [_idx_path(root, stem.format(prefix)) for stem in _IDX_STEMS]
     if None in files:
-        raise FileNotFoundError(
+        raise MissingFile(
             f"{root} has no {_IDX_STEMS[files.index(None)].format(prefix)}[.gz]; an MNIST-style "
             "folder holds {train,t10k}-images-idx3-ubyte and {train,t10k}-labels-idx1-ubyte[.gz]"
         )
     images, labels = read_idx(files[0], 3), read_idx(files[1], 1)
     if len(images) != len(labels) or len(images) == 0:
-        raise ValueError(
+        raise BadValue(
             f"{files[0]} holds {len(images)} images and {files[1]} {len(labels)} labels; "
             "use a non-empty pair from the same release"
         )
@@ -344,7 +346,7 @@ def _torchvision(name: str, root: Path, split: str, download: bool) -> tuple[Ten
     try:
         data = getattr(tvd, _TORCHVISION[name][0])(root, train=split == "train", download=download)
     except RuntimeError as e:  # torchvision's "Dataset not found ..."
-        raise FileNotFoundError(
+        raise MissingFile(
             f"{name} ({split}) not found under {root} ({e}); pass download=True, or root= the "
             "folder that holds it"
         ) from e
@@ -355,7 +357,7 @@ def _torchvision(name: str, root: Path, split: str, download: bool) -> tuple[Ten
 
 def _single_split(name: str, split: str) -> None:
     if split != "train":
-        raise ValueError(f"{name} has a single split; pass split='train'")
+        raise BadValue(f"{name} has a single split; pass split='train'")
 
 
 def load_dataset(
@@ -378,9 +380,9 @@ def load_dataset(
     keeps the stored channels. Digits and image folders have a single split, "train".
     """
     if channels not in (None, 1, 3):
-        raise ValueError(f"channels must be 1, 3 or None (keep the dataset's), got {channels!r}")
+        raise BadValue(f"channels must be 1, 3 or None (keep the dataset's), got {channels!r}")
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise BadValue(f"split must be 'train' or 'test', got {split!r}")
     hw = _as_hw(size)
     if isinstance(spec, Dataset):
         return WrappedDataset(spec, getattr(spec, "num_classes", None), hw, channels, flip)
@@ -399,11 +401,11 @@ def load_dataset(
         _single_split(name, split)
         return ImageFolder(path, hw, channels, flip)
     elif path.exists():
-        raise ValueError(f"{path} is a file; pass the folder that holds the images or IDX files")
+        raise BadValue(f"{path} is a file; pass the folder that holds the images or IDX files")
     elif os.sep in name or "/" in name or name.startswith((".", "~")):
-        raise FileNotFoundError(f"{path} does not exist; pass an existing folder")
+        raise MissingFile(f"{path} does not exist; pass an existing folder")
     else:
-        raise ValueError(
+        raise BadValue(
             f"unknown dataset {name!r}; known: {', '.join(DATASET_NAMES)}, or the path of a "
             "folder of images or MNIST-style IDX files"
         )

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ddim.errors import BadValue, MissingFile
 from ddim.schedule import NoiseSchedule
 
 PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
@@ -50,7 +51,7 @@ def schedule_from_config(config: dict) -> tuple[NoiseSchedule, str]:
     elif kind == "squaredcos_cap_v2":  # Nichol & Dhariwal's cosine, capped at 0.999
         schedule = NoiseSchedule.cosine(T)
     else:
-        raise ValueError(
+        raise BadValue(
             f"diffusers beta_schedule {kind!r} is not supported; supported: linear, scaled_linear, "
             "squaredcos_cap_v2, or trained_betas"
         )
@@ -58,7 +59,7 @@ def schedule_from_config(config: dict) -> tuple[NoiseSchedule, str]:
         schedule = schedule.rescale_zero_terminal_snr()
     kind = config.get("prediction_type", "epsilon")
     if kind not in PREDICTION_TYPES:
-        raise ValueError(
+        raise BadValue(
             f"diffusers prediction_type {kind!r} is not supported; use one of {list(PREDICTION_TYPES)}"
         )
     return schedule, PREDICTION_TYPES[kind]
@@ -95,7 +96,7 @@ def load_diffusers(path: str | Path, device: str | torch.device = "cpu") -> Diff
         raise ImportError(f"{path} is a diffusers checkpoint: `pip install diffusers` to load it") from e
     unet_dir = _unet_dir(path)
     if not any(unet_dir.glob("*.safetensors")):
-        raise FileNotFoundError(
+        raise MissingFile(
             f"{unet_dir} has no .safetensors weights; ddim does not unpickle .bin files, since a pickle "
             "can run code. Convert trusted weights with "
             "`UNet2DModel.from_pretrained(...).save_pretrained(dir)`"

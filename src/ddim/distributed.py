@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ddim.errors import BadValue
+
 DEFAULT_TIMEOUT_S = 1800  # long enough for rank 0 to sample a grid or save while the others wait
 
 
@@ -63,7 +65,7 @@ def shard(global_size: int, what: str = "batch") -> tuple[int, int]:
     evenly among the ranks."""
     world = world_size()
     if global_size % world:
-        raise ValueError(
+        raise BadValue(
             f"the {what} size {global_size} does not divide among {world} processes; "
             f"choose a multiple of {world}"
         )

@@ -16,6 +16,7 @@ from PIL import Image
 from torch import Tensor
 
 from ddim.data import to_uint8
+from ddim.errors import BadValue
 
 PAD = 1  # pixels between and around the tiles
 PAD_VALUE = 255  # white
@@ -32,7 +33,7 @@ def grid_array(images: Tensor, nrow: int | None = None, scale: int | None = None
     """Images [N, C, H, W] in [-1, 1] -> a uint8 array [rows, cols, C] tiling them `nrow` per row
     (default ceil(sqrt(N))), each enlarged `scale` times (default `auto_scale(H)`), PAD apart."""
     if images.ndim != 4 or images.shape[1] not in _MODES or len(images) == 0:
-        raise ValueError(
+        raise BadValue(
             f"images must be a non-empty [N, C, H, W] batch with C in {sorted(_MODES)}, "
             f"got shape {tuple(images.shape)}"
         )
@@ -40,7 +41,7 @@ def grid_array(images: Tensor, nrow: int | None = None, scale: int | None = None
     scale = auto_scale(h) if scale is None else scale
     ncol = nrow or math.ceil(math.sqrt(n))
     if ncol < 1 or scale < 1:
-        raise ValueError(f"nrow and scale must be at least 1, got nrow={nrow}, scale={scale}")
+        raise BadValue(f"nrow and scale must be at least 1, got nrow={nrow}, scale={scale}")
     nrows = math.ceil(n / ncol)
     tiles = to_uint8(images).repeat(scale, axis=1).repeat(scale, axis=2)  # [N, H s, W s, C]
     th, tw = h * scale, w * scale
@@ -83,7 +84,7 @@ def save_trajectory_strip(
     noise) to the last (whose x0 estimate is the sample)."""
     steps = x0s.shape[0]
     if xs.ndim != 5 or x0s.ndim != 5 or xs.shape[0] != steps + 1 or xs.shape[1:] != x0s.shape[1:]:
-        raise ValueError(
+        raise BadValue(
             "expected xs [S+1, N, C, H, W] and x0s [S, N, C, H, W], "
             f"got {tuple(xs.shape)} and {tuple(x0s.shape)}"
         )

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ddim.errors import BadValue
+
 Generators = torch.Generator | Sequence[torch.Generator] | None
 BLOCK = 64
 
@@ -76,7 +78,7 @@ class PerSampleNoise:
             device = generator.device
             return cls(_blocks(lambda b: torch.Generator(device).manual_seed(seeds[b]), n, 0))
         if len(generator) != n:
-            raise ValueError(f"got {len(generator)} generators for a batch of {n}: pass one per example")
+            raise BadValue(f"got {len(generator)} generators for a batch of {n}: pass one per example")
         return cls([_Block(g, 1, 0, 1) for g in generator])
 
     def randn(self, shape: Sequence[int], device=None, dtype=None) -> Tensor:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ddim.errors import BadValue
 from ddim.prediction import PREDICTIONS, target_of, x0_from_eps, x0_from_v
 from ddim.schedule import NoiseSchedule
 
@@ -59,9 +60,9 @@ def diffusion_loss(
     the randomness is drawn for the whole global batch and this share kept, so k processes with
     batch n draw exactly what one process with batch k n would."""
     if prediction not in PREDICTIONS:
-        raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+        raise BadValue(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
     if weighting not in WEIGHTINGS:
-        raise ValueError(f"unknown weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
+        raise BadValue(f"unknown weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
     n = x0.shape[0]
     rank, world = shard
     mine = slice(rank * n, (rank + 1) * n)

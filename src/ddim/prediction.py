@@ -19,6 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ddim.errors import BadValue
 from ddim.schedule import NoiseSchedule
 
 PREDICTIONS = ("eps", "x0", "v")
@@ -74,7 +75,7 @@ def to_eps_x0(output: Tensor, x: Tensor, a: Coef, prediction: str) -> Prediction
         return Prediction(eps_from_x0(x, output, a), output)
     if prediction == "v":
         return Prediction(eps_from_v(x, output, a), x0_from_v(x, output, a))
-    raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+    raise BadValue(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
 
 
 def target_of(prediction: str, eps: Tensor, x0: Tensor, a: Coef) -> Tensor:
@@ -85,7 +86,7 @@ def target_of(prediction: str, eps: Tensor, x0: Tensor, a: Coef) -> Tensor:
         return x0
     if prediction == "v":
         return v_from(eps, x0, a)
-    raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+    raise BadValue(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
 
 
 def dynamic_threshold(x0: Tensor, percentile: float = 0.995) -> Tensor:
@@ -107,7 +108,7 @@ def clip_x0(x0: Tensor, clip: Clip) -> Tensor:
         return x0.clamp(-clip, clip)
     if isinstance(clip, (tuple, list)) and len(clip) == 2 and clip[0] < clip[1]:
         return x0.clamp(clip[0], clip[1])
-    raise ValueError(
+    raise BadValue(
         f"clip must be None, a positive number c (clamp to [-c, c]), a range (lo, hi) with lo < hi, "
         f"or 'dynamic', got {clip!r}"
     )
@@ -129,7 +130,7 @@ def make_predictor(
     `t` is a Python int timestep; the model receives it as an int64 tensor [N] on x's device.
     The predictor holds no state: the sampler passes the previous x0 estimate back in."""
     if prediction not in PREDICTIONS:
-        raise ValueError(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
+        raise BadValue(f"unknown prediction {prediction!r}; choose one of {', '.join(PREDICTIONS)}")
     clip_x0(torch.zeros(1, 1), clip)  # validate now, not at the first step
     a_cumprod = schedule.alphas_cumprod.tolist()
 
@@ -141,7 +142,7 @@ def make_predictor(
             out = model(x, t_in)
         if not isinstance(out, Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(
+            raise BadValue(
                 f"the model returned {got} for an input of shape {tuple(x.shape)}: it must return "
                 "a tensor shaped like x_t (for a model that also predicts variance, keep only the "
                 "first half of its channels)"

@@ -9,6 +9,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ddim.errors import BadValue
 from ddim.noise import Generators, PerSampleNoise
 from ddim.prediction import Clip, make_predictor
 from ddim.samplers import DEFAULT_SPACINGS, SAMPLERS, ddim_invert
@@ -61,13 +62,13 @@ def sample(
     `return_all_timesteps` the whole trajectory is returned as a `Trajectory`. Other options go
     to the sampler (e.g. `variance="beta"` for "ddpm")."""
     if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        raise BadValue(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     fn = SAMPLERS[sampler]
     spacing = DEFAULT_SPACINGS[sampler] if spacing is None else spacing
     if "eta" in inspect.signature(fn).parameters:
         options["eta"] = eta
     elif eta != 0:
-        raise ValueError(f"sampler {sampler!r} has no eta; eta applies to 'ddim'")
+        raise BadValue(f"sampler {sampler!r} has no eta; eta applies to 'ddim'")
     timesteps = _grid(schedule, steps, spacing)
     predict = make_predictor(model, schedule, prediction, clip, self_condition)
     if not return_all_timesteps:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from ddim.errors import BadValue
+
 SCHEDULE_KINDS = ("linear", "cosine", "sigmoid", "scaled_linear")
 
 
@@ -32,9 +34,9 @@ class NoiseSchedule:
     def __post_init__(self) -> None:
         betas = torch.as_tensor(self.betas, dtype=torch.float64).detach().cpu().clone()
         if betas.ndim != 1 or len(betas) < 1:
-            raise ValueError(f"betas must be a non-empty 1-D sequence, got shape {tuple(betas.shape)}")
+            raise BadValue(f"betas must be a non-empty 1-D sequence, got shape {tuple(betas.shape)}")
         if not bool(((betas > 0) & (betas <= 1)).all()):
-            raise ValueError("every beta must lie in (0, 1]; check the schedule's parameters")
+            raise BadValue("every beta must lie in (0, 1]; check the schedule's parameters")
         object.__setattr__(self, "betas", betas)
         # Ho et al. 2020, eq. 4: a_t = prod_{s<=t} (1 - beta_s)
         object.__setattr__(self, "alphas_cumprod", torch.cumprod(1.0 - betas, dim=0))
@@ -106,7 +108,7 @@ class NoiseSchedule:
     @classmethod
     def named(cls, kind: str, T: int = 1000) -> NoiseSchedule:  # noqa: N803
         if kind not in SCHEDULE_KINDS:
-            raise ValueError(f"unknown schedule {kind!r}; choose one of {', '.join(SCHEDULE_KINDS)}")
+            raise BadValue(f"unknown schedule {kind!r}; choose one of {', '.join(SCHEDULE_KINDS)}")
         return getattr(cls, kind)(T)
 
     def rescale_zero_terminal_snr(self) -> NoiseSchedule:

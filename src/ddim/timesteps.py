@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ddim.errors import BadValue
 from ddim.schedule import NoiseSchedule
 
 SPACINGS = ("trailing", "leading", "linspace", "uniform", "quadratic", "logsnr", "karras")
@@ -52,7 +53,7 @@ def make_timesteps(
     if not isinstance(spacing, str):
         return validate_timesteps(T, spacing, steps)
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
-        raise ValueError(
+        raise BadValue(
             f"steps must be an integer from 1 to T = {T}, got {steps!r}; "
             "a sampler cannot take more steps than the schedule has timesteps"
         )
@@ -73,7 +74,7 @@ def make_timesteps(
     elif spacing in SCHEDULE_SPACINGS:
         grid = _log_snr_grid(T, S, spacing, schedule)
     else:
-        raise ValueError(
+        raise BadValue(
             f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)} or pass a list of timesteps"
         )
     return torch.tensor(grid[::-1], dtype=torch.int64)
@@ -82,9 +83,9 @@ def make_timesteps(
 def _log_snr_grid(T: int, S: int, spacing: str, schedule: NoiseSchedule | None) -> list[int]:  # noqa: N803
     """The increasing timesteps of a "logsnr" or "karras" grid of S points."""
     if schedule is None:
-        raise ValueError(f"the {spacing!r} grid is placed by log-SNR: pass schedule= (the NoiseSchedule)")
+        raise BadValue(f"the {spacing!r} grid is placed by log-SNR: pass schedule= (the NoiseSchedule)")
     if schedule.T != T:
-        raise ValueError(f"the schedule has T = {schedule.T} timesteps but the grid was asked for T = {T}")
+        raise BadValue(f"the schedule has T = {schedule.T} timesteps but the grid was asked for T = {T}")
     a = schedule.alphas_cumprod.clamp_min(ZERO_SNR_A)
     lam = a.log() - (1 - a).log()  # log-SNR, decreasing in t (Kingma et al. 2021, eq. 2)
     lam_min, lam_max = lam[-1].item(), lam[0].item()
@@ -112,19 +113,19 @@ def validate_timesteps(T: int, timesteps: Sequence[int] | Tensor, steps: int | N
     """Check a custom grid and return it as an int64 tensor."""
     t = torch.as_tensor(timesteps)
     if t.ndim != 1 or len(t) == 0:
-        raise ValueError(f"a custom grid must be a non-empty 1-D list of timesteps, got {timesteps!r}")
+        raise BadValue(f"a custom grid must be a non-empty 1-D list of timesteps, got {timesteps!r}")
     if t.is_floating_point() and not bool((t == t.round()).all()):
-        raise ValueError(f"a custom grid must hold integer timesteps, got {t.tolist()}")
+        raise BadValue(f"a custom grid must hold integer timesteps, got {t.tolist()}")
     t = t.to(torch.int64)
     if steps is not None and steps != len(t):
-        raise ValueError(
+        raise BadValue(
             f"steps = {steps} but the custom grid has {len(t)} timesteps; pass steps=None "
             "or a grid of that length"
         )
     if not bool(((t >= 0) & (t < T)).all()):
-        raise ValueError(f"custom grid {t.tolist()} leaves [0, {T - 1}]: every timestep must lie in it")
+        raise BadValue(f"custom grid {t.tolist()} leaves [0, {T - 1}]: every timestep must lie in it")
     if len(t) > 1 and not bool((t[1:] < t[:-1]).all()):
-        raise ValueError(
+        raise BadValue(
             f"custom grid {t.tolist()} is not strictly decreasing: list the timesteps from the "
             "noisiest (largest) to the cleanest, each once"
         )

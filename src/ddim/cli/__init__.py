@@ -2,7 +2,8 @@
 bench-samplers.
 
 Every subcommand has --help and --dry-run (print the resolved configuration as JSON, do no work).
-A bad value exits with status 2 and one line on stderr, never a traceback.
+A user's error (a `ddim.errors.DdimError`) exits with status 2 and one line on stderr; a
+traceback means a bug in ddim.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import NoReturn
 
 from ddim.cli import evaluate, generate, train
 from ddim.distributed import shutdown
+from ddim.errors import DdimError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -42,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.run(args)
         shutdown()
-    except (ValueError, FileNotFoundError) as e:  # ddim.training.CheckpointError is a ValueError
+    except DdimError as e:  # what a user can cause; anything else is a bug and keeps its traceback
         print(f"ddim {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from ddim.config import RunConfig, resolve_device
 from ddim.distributed import init_from_env, is_main_process
+from ddim.errors import BadValue
 from ddim.noise import PerSampleNoise
 from ddim.prediction import Clip, classifier_free_guidance
 from ddim.sampling import DEFAULT_STEPS, Trajectory, sample
@@ -153,7 +154,7 @@ def locate(args: argparse.Namespace) -> tuple[Path, RunConfig, int]:
     folder = find_checkpoint(args.checkpoint)
     run, step = read_config(folder)
     if args.steps > run.diffusion.timesteps:
-        raise ValueError(
+        raise BadValue(
             f"--steps {args.steps} is more than the model's {run.diffusion.timesteps} timesteps; "
             f"pass --steps {run.diffusion.timesteps} or fewer"
         )

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ddim.cli._common import add_run_options, int_tuple, positive_int, print_json
 from ddim.config import resolve_device
+from ddim.errors import MissingFile
 from ddim.evaluation import InceptionFeatures, evaluate
 from ddim.evaluation.metrics import DEFAULT_CACHE
 from ddim.evaluation.sampler_bench import bench_samplers, write_report
@@ -118,7 +119,7 @@ def run_eval(args: argparse.Namespace) -> None:
         print_json(vars(args) | {"run": None})
         return
     if not Path(args.samples).is_file():
-        raise FileNotFoundError(f"{args.samples} does not exist; write samples with `ddim sample --npz`")
+        raise MissingFile(f"{args.samples} does not exist; write samples with `ddim sample --npz`")
     scores = evaluate(args.samples, args.reference, **_metric_kwargs(args))
     print(
         f"{scores['n_samples']} samples against {scores['n_reference']} reference images "

@@ -33,6 +33,7 @@ from ddim.config import RunConfig, resolve_device
 from ddim.data import load_dataset, to_uint8
 from ddim.diffusers_compat import is_diffusers_folder, load_diffusers
 from ddim.distributed import gather_on_main, init_from_env, is_main_process, split_range
+from ddim.errors import BadValue, MissingFile
 from ddim.images import save_grid, save_trajectory_strip
 from ddim.noise import PerSampleNoise
 from ddim.samplers import DEFAULT_SPACINGS, SAMPLERS, slerp
@@ -134,9 +135,9 @@ def run_sample(args: argparse.Namespace) -> None:
         have = (
             "is unconditional" if checkpoint.num_classes is None else f"has {checkpoint.num_classes} classes"
         )
-        raise ValueError(f"--class {args.label}: the model {have}; train with --conditional, or drop --class")
+        raise BadValue(f"--class {args.label}: the model {have}; train with --conditional, or drop --class")
     if args.guidance != 1.0 and args.label is None:
-        raise ValueError("--guidance needs --class: guidance steers towards a class")
+        raise BadValue("--guidance needs --class: guidance steers towards a class")
     options = Sampling(args.steps, args.eta, args.sampler, args.spacing, args.clip, args.bf16,
                        args.label, args.guidance)  # fmt: skip
     first, stop = split_range(args.n)  # this process's share under torchrun; all of it otherwise
@@ -158,14 +159,14 @@ def _load_images(path: str, size: tuple[int, int], channels: int) -> Dataset:
     """A folder of images or a single image file, resized and converted like the training data."""
     file = Path(path)
     if not file.exists():
-        raise FileNotFoundError(f"{file} does not exist; pass a folder of images or an image file")
+        raise MissingFile(f"{file} does not exist; pass a folder of images or an image file")
     if file.is_dir():
         return load_dataset(file, size=size, channels=channels)
     try:
         with Image.open(file) as image:
             pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
     except OSError as e:
-        raise ValueError(f"cannot read image {file} ({e})") from e
+        raise BadValue(f"cannot read image {file} ({e})") from e
     return load_dataset(TensorDataset(pixels.unsqueeze(0)), size=size, channels=channels)
 
 
@@ -210,7 +211,7 @@ def interpolation_latents(seed_a: int, seed_b: int, n: int, shape: tuple[int, ..
 
 def run_interpolate(args: argparse.Namespace) -> None:
     if args.n < 2:
-        raise ValueError(f"--n must be at least 2 (the two ends), got {args.n}")
+        raise BadValue(f"--n must be at least 2 (the two ends), got {args.n}")
     folder, run, step = locate(args)
     if _dry_run(args, folder, run, step):
         return

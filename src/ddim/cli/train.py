@@ -30,6 +30,7 @@ from ddim.cli._common import (
 )
 from ddim.config import DiffusionConfig, RunConfig, TrainConfig, resolve_device
 from ddim.data import DataConfig, build_dataset
+from ddim.errors import BadValue
 from ddim.images import save_grid, save_trajectory_strip
 from ddim.models import UNetConfig
 from ddim.objectives import WEIGHTINGS
@@ -152,10 +153,10 @@ def _given(args: argparse.Namespace, section: str) -> dict[str, Any]:
 def _new_run(args: argparse.Namespace) -> tuple[RunConfig, Dataset]:
     """A fresh RunConfig from the flags, with the data's size and channels filled in from the dataset."""
     if args.data is None:
-        raise ValueError("--data is required (digits, a folder, or a dataset name) unless --resume is given")
+        raise BadValue("--data is required (digits, a folder, or a dataset name) unless --resume is given")
     found = list_checkpoints(Path(args.out) / CHECKPOINTS)
     if found:
-        raise ValueError(
+        raise BadValue(
             f"{args.out} already holds a run (newest checkpoint {found[-1].name}): pass --resume to continue "
             "it, or choose another --out"
         )
@@ -168,10 +169,10 @@ def _new_run(args: argparse.Namespace) -> tuple[RunConfig, Dataset]:
     if args.conditional:
         num_classes = dataset.num_classes
         if num_classes is None:
-            raise ValueError(f"--conditional needs a labelled dataset, and {args.data} has no labels")
+            raise BadValue(f"--conditional needs a labelled dataset, and {args.data} has no labels")
     model = UNetConfig(in_channels=channels, num_classes=num_classes, **_given(args, "model"))
     if height % model.downsample_factor or width % model.downsample_factor:
-        raise ValueError(
+        raise BadValue(
             f"images of {height}x{width} cannot be halved {len(model.channel_mult) - 1} times as "
             f"--channel-mult {','.join(map(str, model.channel_mult))} needs: pick a --size divisible by "
             f"{model.downsample_factor}"
@@ -199,13 +200,13 @@ def _resumed_run(args: argparse.Namespace) -> RunConfig:
     if args.conditional and run.model.num_classes is None:
         changed.append("--conditional")
     if changed:
-        raise ValueError(
+        raise BadValue(
             f"{', '.join(changed)} would change the run being resumed: a resumed run keeps its saved "
             f"data, model and diffusion settings; leave {' and '.join(changed)} out, or train a new run "
             "in another --out"
         )
     if args.steps is not None and args.steps < step:
-        raise ValueError(f"--steps {args.steps} is below the {step} steps already done in {found[-1]}")
+        raise BadValue(f"--steps {args.steps} is below the {step} steps already done in {found[-1]}")
     return dataclasses.replace(run, train=dataclasses.replace(run.train, **_given(args, "train")))
 
 
@@ -231,7 +232,7 @@ def run_demo(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     out = Path(args.out)
     if args.steps > run.diffusion.timesteps:
-        raise ValueError(f"--steps {args.steps} is more than the model's {run.diffusion.timesteps} timesteps")
+        raise BadValue(f"--steps {args.steps} is more than the model's {run.diffusion.timesteps} timesteps")
     if args.dry_run:
         print_json({"out": args.out, "sampling_steps": args.steps, "run": run.to_dict()})
         return

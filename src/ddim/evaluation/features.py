@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from ddim.data import fit_size, match_channels
+from ddim.errors import BadValue, MissingFile
 
 FeatureFn = Callable[[Tensor], Tensor]
 
@@ -162,18 +163,18 @@ class InceptionFeatures:
     def __init__(self, weights: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> None:
         path = Path(weights).expanduser() if weights is not None else default_inception_path()
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingFile(
                 f"Inception weights not found at {path}. Download {INCEPTION_URL} on a machine with "
                 f"internet access and pass its path (weights=...), or place it at {default_inception_path()}"
             )
         state = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or "Mixed_7c.branch_pool.conv.weight" not in state:
-            raise ValueError(f"{path} is not the FID Inception state dict; expected {INCEPTION_FILE}")
+            raise BadValue(f"{path} is not the FID Inception state dict; expected {INCEPTION_FILE}")
         self.model = _fid_inception()
         try:
             self.model.load_state_dict(state)
         except RuntimeError as e:
-            raise ValueError(
+            raise BadValue(
                 f"{path} is not the FID Inception state dict ({e}); expected {INCEPTION_FILE}"
             ) from e
         self.model.eval().requires_grad_(False).to(device)
@@ -202,7 +203,7 @@ def get_features(name: str | FeatureFn, **kwargs: object) -> FeatureFn:
         return name
     makers = {"digits": DigitFeatures, "inception": InceptionFeatures}
     if name not in makers:
-        raise ValueError(f"unknown features {name!r}; use one of {sorted(makers)} or a callable")
+        raise BadValue(f"unknown features {name!r}; use one of {sorted(makers)} or a callable")
     return makers[name](**kwargs)
 
 
@@ -218,5 +219,5 @@ def embed(features: FeatureFn, images: Tensor | Dataset, batch_size: int = 250) 
             batch = torch.stack([images[i][0] for i in range(start, min(n, start + batch_size))])
         out.append(features(batch).float().flatten(1).cpu())
     if not out:
-        raise ValueError("no images to embed")
+        raise BadValue("no images to embed")
     return torch.cat(out)

@@ -24,6 +24,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ddim.data import DATASET_NAMES, load_dataset, normalize
+from ddim.errors import BadValue
 from ddim.evaluation.features import FeatureFn, embed, get_features
 
 ArrayLike = Tensor | np.ndarray
@@ -39,7 +40,7 @@ def feature_statistics(features: ArrayLike) -> tuple[Tensor, Tensor]:
     """Mean [D] and unbiased covariance [D, D] (divisor N - 1, as numpy's cov) in float64."""
     f = _f64(features)
     if f.ndim != 2 or len(f) < 2:
-        raise ValueError(f"need features [N >= 2, D], got shape {tuple(f.shape)}")
+        raise BadValue(f"need features [N >= 2, D], got shape {tuple(f.shape)}")
     mu = f.mean(0)
     centred = f - mu
     return mu, centred.T @ centred / (len(f) - 1)
@@ -57,7 +58,7 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
     s1, s2 = _f64(sigma1).reshape(len(mu1), -1), _f64(sigma2).reshape(len(mu2), -1)
     if not (s1.shape == s2.shape == (len(mu1), len(mu1)) and mu1.shape == mu2.shape):
         shapes = [tuple(t.shape) for t in (mu1, s1, mu2, s2)]
-        raise ValueError(f"shapes of (mu1, sigma1, mu2, sigma2) do not match: {shapes}")
+        raise BadValue(f"shapes of (mu1, sigma1, mu2, sigma2) do not match: {shapes}")
     # Heusel et al. 2017, sec. 3: d^2 = |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2);
     # the trace of the root is the sum of the roots of the eigenvalues of S1^1/2 S2 S1^1/2 (PSD)
     root1 = _sqrtm_psd(s1)
@@ -80,7 +81,7 @@ def kid(
     x, y = _f64(x), _f64(y)
     m = min(subset_size, len(x), len(y))
     if m < 2 or x.shape[1:] != y.shape[1:]:
-        raise ValueError(
+        raise BadValue(
             f"need two feature sets [N >= 2, D] with the same D, got {tuple(x.shape)}, {tuple(y.shape)}"
         )
     g = torch.Generator().manual_seed(seed)
@@ -116,7 +117,7 @@ def precision_recall(
     fake manifold."""
     real, fake = _f64(real), _f64(fake)
     if min(len(real), len(fake)) <= k:
-        raise ValueError(f"need more than k = {k} points in each set, got {len(real)} and {len(fake)}")
+        raise BadValue(f"need more than k = {k} points in each set, got {len(real)} and {len(fake)}")
     precision = _covered(fake, real, _knn_radii(real, k, chunk), chunk)
     recall = _covered(real, fake, _knn_radii(fake, k, chunk), chunk)
     return precision, recall
@@ -156,15 +157,13 @@ def load_samples(samples: Tensor | str | os.PathLike) -> Tensor:
         with np.load(samples) as npz:
             names = [k for k in ("images", "samples") if k in npz.files] or npz.files
             if len(names) != 1:
-                raise ValueError(
-                    f"{samples} holds {npz.files}; expected 'images', 'samples' or a single array"
-                )
+                raise BadValue(f"{samples} holds {npz.files}; expected 'images', 'samples' or a single array")
             array = npz[names[0]]
         x = torch.from_numpy(array)
         if x.dtype == torch.uint8:
             x = normalize(x.unsqueeze(-1) if x.ndim == 3 else x).movedim(-1, 1)
     if x.ndim != 4 or not x.is_floating_point():
-        raise ValueError(f"samples must be images [N, C, H, W], got {x.dtype} of shape {tuple(x.shape)}")
+        raise BadValue(f"samples must be images [N, C, H, W], got {x.dtype} of shape {tuple(x.shape)}")
     return x.float()
 
 
@@ -212,9 +211,7 @@ def reference_features(
         ds = load_dataset(reference, size=size, channels=channels, split=split, root=root)
     n = min(n_reference, len(ds))
     if n < 8:
-        raise ValueError(
-            f"the reference has {len(ds)} images and n_reference is {n_reference}; need 8 or more"
-        )
+        raise BadValue(f"the reference has {len(ds)} images and n_reference is {n_reference}; need 8 or more")
     idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:n]
     images = getattr(ds, "images", None)
     images = images[idx] if isinstance(images, Tensor) else torch.stack([ds[int(i)][0] for i in idx])

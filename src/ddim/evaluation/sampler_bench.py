@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ddim.errors import BadValue
 from ddim.evaluation.metrics import evaluate
 from ddim.samplers import DEFAULT_SPACINGS, SAMPLERS
 from ddim.sampling import sample_seeded
@@ -30,7 +31,7 @@ COLUMNS = ("sampler", "spacing", "eta", "budget", "steps", "model_calls", "secon
 def steps_for_calls(sampler: str, calls: int) -> int:
     """Steps that spend at most `calls` model calls: Heun spends 2 per step but the last (2S - 1)."""
     if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
+        raise BadValue(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
     return (calls + 1) // 2 if sampler == "heun" else calls
 
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ddim.errors import BadValue
 from ddim.models.layers import (
     AttentionBlock,
     Downsample,
@@ -64,13 +65,13 @@ class UNetConfig:
         if self.out_channels is None:
             object.__setattr__(self, "out_channels", self.in_channels)
         if not self.channel_mult or self.num_res_blocks < 1:
-            raise ValueError("channel_mult must be non-empty and num_res_blocks >= 1")
+            raise BadValue("channel_mult must be non-empty and num_res_blocks >= 1")
         for mult in self.channel_mult:
             ch = self.base_channels * mult
             if ch % self.groups:
-                raise ValueError(f"channels {ch} are not divisible by groups={self.groups}")
+                raise BadValue(f"channels {ch} are not divisible by groups={self.groups}")
             if ch % self.heads(ch):
-                raise ValueError(f"channels {ch} are not divisible by {self.heads(ch)} heads")
+                raise BadValue(f"channels {ch} are not divisible by {self.heads(ch)} heads")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "UNetConfig":
@@ -171,14 +172,14 @@ class UNet(nn.Module):
         height, width = x.shape[-2:]
         div = cfg.downsample_factor
         if height % div or width % div:
-            raise ValueError(
+            raise BadValue(
                 f"input of spatial shape {height}x{width} (H x W): H and W must be divisible "
                 f"by {div} = 2**(len(channel_mult) - 1)"
             )
         if y is not None and self.label_emb is None:
-            raise ValueError("labels y were given but the model has num_classes=None")
+            raise BadValue("labels y were given but the model has num_classes=None")
         if x_self_cond is not None and not cfg.self_condition:
-            raise ValueError("x_self_cond was given but the model has self_condition=False")
+            raise BadValue("x_self_cond was given but the model has self_condition=False")
         t = t.reshape(-1).expand(x.shape[0])
         emb = self.time_mlp(timestep_embedding(t, cfg.base_channels))
         if self.label_emb is not None:

@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 from torch import Tensor
 
+from ddim.errors import BadValue
 from ddim.schedule import NoiseSchedule
 
 Callback = Callable[[int, int, Tensor, Tensor], None]  # (i, t, x, x0_estimate)
@@ -25,9 +26,9 @@ def grid_steps(schedule: NoiseSchedule, timesteps: Sequence[int] | Tensor) -> li
     float64 on the CPU, so the sampling loop never reads a device tensor back to the host."""
     ts = [int(t) for t in timesteps]
     if any(b >= a for a, b in zip(ts, ts[1:])):
-        raise ValueError(f"timesteps must be strictly decreasing, got {ts}")
+        raise BadValue(f"timesteps must be strictly decreasing, got {ts}")
     if ts and not 0 <= ts[-1] <= ts[0] < schedule.T:
-        raise ValueError(f"timesteps must lie in [0, {schedule.T - 1}], got {ts}")
+        raise BadValue(f"timesteps must lie in [0, {schedule.T - 1}], got {ts}")
     a = schedule.alphas_cumprod.tolist()
     return [Step(t, a[t], a[ts[i + 1]] if i + 1 < len(ts) else 1.0) for i, t in enumerate(ts)]
 

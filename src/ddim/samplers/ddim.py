@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
+from ddim.errors import BadValue
 from ddim.noise import Generators, PerSampleNoise
 from ddim.prediction import Predict, x0_from_eps
 from ddim.samplers._common import Callback, ddim_move, grid_steps
@@ -38,10 +39,10 @@ def ddim(
     ancestral sampler on this grid. Noise comes from `generator` (one stream per example) or
     `noise` [steps, *x.shape]."""
     if not eta >= 0:
-        raise ValueError(f"eta must be >= 0 (0: deterministic DDIM, 1: DDPM), got {eta}")
+        raise BadValue(f"eta must be >= 0 (0: deterministic DDIM, 1: DDPM), got {eta}")
     steps = grid_steps(schedule, timesteps)
     if noise is not None and noise.shape != (len(steps), *x.shape):
-        raise ValueError(f"noise must have shape {(len(steps), *x.shape)}, got {tuple(noise.shape)}")
+        raise BadValue(f"noise must have shape {(len(steps), *x.shape)}, got {tuple(noise.shape)}")
     source = PerSampleNoise.split(generator, len(x)) if eta > 0 and noise is None else None
     x0 = None
     for i, (t, a_t, a_prev) in enumerate(steps):
@@ -74,7 +75,7 @@ def ddim_invert(
     re-evaluated at the new point (a fixed-point iteration), which makes the move the exact
     inverse of the decoder's step at convergence."""
     if refine < 0:
-        raise ValueError(f"refine must be >= 0, got {refine}")
+        raise BadValue(f"refine must be >= 0, got {refine}")
     steps = grid_steps(schedule, timesteps)[::-1]
     x, a_cur, x0_est = x0, 1.0, None
     for i, (t, a_t, _) in enumerate(steps):

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
+from ddim.errors import BadValue
 from ddim.noise import Generators, PerSampleNoise
 from ddim.prediction import Predict
 from ddim.samplers._common import Callback, grid_steps
@@ -38,10 +39,10 @@ def ddpm(
     beta ("beta": Ho et al. sec. 3.2; the DDIM paper's sigma-hat, Table 1). The last step to
     clean data adds no noise and returns the x0 estimate."""
     if variance not in VARIANCES:
-        raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
+        raise BadValue(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
     steps = grid_steps(schedule, timesteps)
     if noise is not None and noise.shape != (len(steps), *x.shape):
-        raise ValueError(f"noise must have shape {(len(steps), *x.shape)}, got {tuple(noise.shape)}")
+        raise BadValue(f"noise must have shape {(len(steps), *x.shape)}, got {tuple(noise.shape)}")
     source = PerSampleNoise.split(generator, len(x)) if noise is None else None
     x0 = None
     for i, (t, a_t, a_prev) in enumerate(steps):

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
+from ddim.errors import BadValue
 from ddim.noise import Generators
 from ddim.prediction import Predict
 from ddim.samplers._common import Callback, ddim_move, grid_steps, half_log_snr, multistep_order
@@ -74,7 +75,7 @@ def dpm_solver_pp(
     Deterministic: `generator` is accepted for the common signature and not used. All history
     is local to the call."""
     if order not in (1, 2, 3):
-        raise ValueError(f"DPM-Solver++ is implemented for order 1, 2 or 3, got {order}")
+        raise BadValue(f"DPM-Solver++ is implemented for order 1, 2 or 3, got {order}")
     steps = grid_steps(schedule, timesteps)
     ms: list[Tensor] = []  # x0 predictions at the last `order` grid points, newest last
     lams: list[float] = []

@@ -6,13 +6,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ddim.errors import BadValue
+
 
 def slerp(z0: Tensor, z1: Tensor, alpha: float | Tensor) -> Tensor:
     """sin((1 - alpha) theta)/sin(theta) z0 + sin(alpha theta)/sin(theta) z1, with theta the
     angle between z0 and z1 per example (leading dimension N); falls back to the straight line
     where the latents are parallel."""
     if z0.shape != z1.shape:
-        raise ValueError(f"slerp needs latents of one shape, got {tuple(z0.shape)} and {tuple(z1.shape)}")
+        raise BadValue(f"slerp needs latents of one shape, got {tuple(z0.shape)} and {tuple(z1.shape)}")
     a = torch.as_tensor(alpha, dtype=torch.float64)
     f0, f1 = z0.flatten(1).double(), z1.flatten(1).double()
     cos = (f0 * f1).sum(1) / (f0.norm(dim=1) * f1.norm(dim=1))

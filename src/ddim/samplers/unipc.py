@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ddim.errors import BadValue
 from ddim.noise import Generators
 from ddim.prediction import Predict, eps_from_x0
 from ddim.samplers._common import Callback, ddim_move, grid_steps, half_log_snr, multistep_order
@@ -85,7 +86,7 @@ def unipc(
     would ignore, runs at every grid point but the first and the last. Deterministic:
     `generator` is accepted for the common signature and not used. All history is local."""
     if order not in (1, 2, 3):
-        raise ValueError(f"UniPC is implemented for order 1, 2 or 3, got {order}")
+        raise BadValue(f"UniPC is implemented for order 1, 2 or 3, got {order}")
     steps = grid_steps(schedule, timesteps)
     ms: list[Tensor] = []  # x0 predictions at the last `order` grid points, newest last
     lams: list[float] = []

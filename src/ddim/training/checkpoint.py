@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ddim.config import RunConfig
+from ddim.errors import BadFile
 from ddim.models import UNet
 from ddim.schedule import NoiseSchedule
 
@@ -35,7 +36,7 @@ CHECKPOINTS = "checkpoints"
 _STEP_DIR = re.compile(r"step-(\d+)")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BadFile):
     """A checkpoint that cannot be loaded; the message names the file and what to do."""
 
 

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ddim.errors import BadValue
+
 
 def ema_decay_at(step: int, max_decay: float, warmup: bool = True) -> float:
     """The decay for update number `step` (0-based). With warm-up the average forgets its
@@ -25,7 +27,7 @@ def ema_update(ema_params: Sequence[Tensor], params: Sequence[Tensor], decay: fl
     """In place: each e <- decay * e + (1 - decay) * p. Floating tensors only are averaged;
     others (integer buffers) are copied."""
     if len(ema_params) != len(params):
-        raise ValueError(f"{len(ema_params)} EMA tensors but {len(params)} model tensors")
+        raise BadValue(f"{len(ema_params)} EMA tensors but {len(params)} model tensors")
     floats = [(e, p) for e, p in zip(ema_params, params) if e.is_floating_point()]
     if floats:
         e, p = zip(*floats)

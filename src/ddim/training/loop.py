@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from ddim.config import RunConfig, resolve_device
 from ddim.data import build_dataset, random_flip
 from ddim.distributed import init_from_env, is_distributed, is_main_process, rank, shard, world_size
+from ddim.errors import BadValue
 from ddim.images import save_grid
 from ddim.models import UNet
 from ddim.noise import PerSampleNoise, seed_for
@@ -71,7 +72,7 @@ class IndexStream:
 
     def __init__(self, n: int, seed: int):
         if n < 1:
-            raise ValueError("the dataset is empty")
+            raise BadValue("the dataset is empty")
         self.n, self.seed = n, seed
         self._epoch, self._perm = -1, torch.empty(0, dtype=torch.int64)
 
@@ -150,13 +151,13 @@ def _check_dataset(dataset: Dataset, run: RunConfig) -> tuple[int, ...]:
     shape = tuple(images.shape[1:]) if isinstance(images, Tensor) else tuple(dataset[0][0].shape)
     cfg = run.model
     if len(shape) != 3 or shape[0] != cfg.in_channels:
-        raise ValueError(
+        raise BadValue(
             f"the dataset's images have shape {shape} but the model takes {cfg.in_channels} channel(s); "
             "set model.in_channels (and out_channels) or data.channels to match"
         )
     data_classes = getattr(dataset, "num_classes", None)
     if cfg.num_classes is not None and (data_classes is None or data_classes > cfg.num_classes):
-        raise ValueError(
+        raise BadValue(
             f"the model is class-conditional with num_classes={cfg.num_classes} but the dataset has "
             f"{'no labels' if data_classes is None else f'{data_classes} classes'}; set model.num_classes "
             "to the dataset's number of classes, or to None for an unconditional model"
@@ -284,7 +285,7 @@ def train(
     ckpt_root = out_dir / CHECKPOINTS
     existing = list_checkpoints(ckpt_root)
     if existing and not resume:
-        raise ValueError(
+        raise BadValue(
             f"{ckpt_root} already holds checkpoints (newest {existing[-1].name}); pass resume=True to "
             "continue that run, or choose another output folder"
         )
@@ -301,7 +302,7 @@ def train(
     if resume and existing:
         saved, step = read_config(existing[-1])
         if (saved.model, saved.diffusion) != (run.model, run.diffusion):
-            raise ValueError(
+            raise BadValue(
                 f"{existing[-1]} was trained with another model or diffusion config; resume with the "
                 "config saved in its config.json, or start a new run in another folder"
             )
