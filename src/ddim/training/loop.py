@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
@@ -36,9 +36,8 @@ from ddim.distributed import init_from_env, is_distributed, is_main_process, ran
 from ddim.errors import BadValue
 from ddim.images import save_grid
 from ddim.models import UNet
-from ddim.noise import PerSampleNoise, seed_for
+from ddim.noise import seed_for
 from ddim.objectives import diffusion_loss
-from ddim.sampling import sample
 from ddim.training.checkpoint import (
     CHECKPOINTS,
     EMA,
@@ -51,6 +50,7 @@ from ddim.training.checkpoint import (
     step_dir_name,
 )
 from ddim.training.ema import ema_decay_at, ema_update
+from ddim.training.preview import sample_images
 
 # keys of the independent random streams derived from the run's seed
 _DATA_ORDER, _NOISE, _AUGMENT = 1, 2, 3
@@ -163,37 +163,6 @@ def _check_dataset(dataset: Dataset, run: RunConfig) -> tuple[int, ...]:
             "to the dataset's number of classes, or to None for an unconditional model"
         )
     return shape
-
-
-@torch.no_grad()
-def sample_images(ema: nn.Module, run: RunConfig, shape: tuple[int, ...], device: torch.device) -> Tensor:
-    """train.sample_n images from the EMA model with deterministic DDIM on the trailing grid; x_T
-    from the run's seed (the same images at every step for the same weights). A class-conditional
-    model gets labels 0, 1, 2, ... in turn."""
-    cfg, n, chunks = run.train, run.train.sample_n, []
-    schedule = run.diffusion.make_schedule()
-    for start in range(0, n, cfg.micro_batch):
-        k = min(cfg.micro_batch, n - start)
-        x_T = PerSampleNoise.from_seed(cfg.seed, k, start=start).randn(shape, device=device)  # noqa: N806
-        net = ema
-        if run.model.num_classes is not None:
-            y = (torch.arange(start, start + k) % run.model.num_classes).to(device)
-
-            def net(x, t, x_self_cond=None, y=y):
-                return ema(x, t, x_self_cond, y=y)
-
-        chunks.append(
-            sample(
-                net,
-                x_T,
-                schedule,
-                steps=cfg.sample_steps,
-                spacing="trailing",
-                prediction=run.diffusion.prediction,
-                self_condition=run.model.self_condition,
-            ).cpu()
-        )
-    return torch.cat(chunks)
 
 
 class _Log:
