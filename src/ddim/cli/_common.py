@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,11 +32,12 @@ DEFAULT_CLIP = 1.0  # checkpoints trained here model images in [-1, 1], so x0 es
 
 
 def _number(kind: type, text: str, ok: Callable[[Any], bool], what: str) -> Any:
+    """`text` as a finite `kind` for which `ok` holds; inf and nan are refused like any bad value."""
     try:
         value = kind(text)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-    if not ok(value):
+    if not math.isfinite(value) or not ok(value):
         raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
     return value
 
@@ -48,12 +50,17 @@ def non_negative_int(text: str) -> int:
     return _number(int, text, lambda v: v >= 0, "an integer >= 0")
 
 
+def seed(text: str) -> int:
+    """A seed: an integer in [0, 2**64), the range torch's generators take."""
+    return _number(int, text, lambda v: 0 <= v < 2**64, "an integer in [0, 2**64)")
+
+
 def positive_float(text: str) -> float:
-    return _number(float, text, lambda v: v > 0, "a number > 0")
+    return _number(float, text, lambda v: v > 0, "a finite number > 0")
 
 
 def non_negative_float(text: str) -> float:
-    return _number(float, text, lambda v: v >= 0, "a number >= 0")
+    return _number(float, text, lambda v: v >= 0, "a finite number >= 0")
 
 
 def unit_float(text: str) -> float:
@@ -77,7 +84,7 @@ def clip_value(text: str) -> Clip:
     """ "none" -> None, "dynamic" -> "dynamic", a number c > 0 -> clamp x0 to [-c, c]."""
     if text in ("none", "dynamic"):
         return None if text == "none" else text
-    return _number(float, text, lambda v: v > 0, "'none', 'dynamic' or a number > 0")
+    return _number(float, text, lambda v: v > 0, "'none', 'dynamic' or a finite number > 0")
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
