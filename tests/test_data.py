@@ -19,11 +19,12 @@ from ddim.data import (
     build_dataset,
     denormalize,
     load_dataset,
+    load_images,
     normalize,
     random_flip,
-    read_idx,
     to_uint8,
 )
+from ddim.errors import BadFile, BadValue, MissingFile
 
 
 def save(path, array, mode=None):
@@ -195,16 +196,55 @@ def test_empty_folder_error_lists_supported_types(tmp_path):
 def test_corrupt_image_is_named_when_the_folder_is_scanned(tmp_path):
     save(tmp_path / "good.png", np.zeros((3, 3)))
     (tmp_path / "bad.png").write_bytes(b"this is not a png")
-    with pytest.raises(ValueError, match=r"bad\.png"):
+    with pytest.raises(BadFile, match=r"bad\.png"):
         ImageFolder(tmp_path)
+    with pytest.raises(BadFile, match=r"^cannot read image .*bad\.png .*replace the file$"):
+        load_images(tmp_path / "bad.png")
 
 
 def test_truncated_image_is_named_when_read(tmp_path):
     path = save(tmp_path / "cut.png", np.random.default_rng(0).integers(0, 256, (64, 64)))
     path.write_bytes(path.read_bytes()[:200])
     ds = ImageFolder(tmp_path)  # the header still reads
-    with pytest.raises(ValueError, match=r"cut\.png"):
+    with pytest.raises(BadFile, match=r"cut\.png"):
         ds[0]
+    with pytest.raises(BadFile, match=r"cut\.png"):
+        load_images(path)
+
+
+def test_decompression_bomb_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    path = save(tmp_path / "big.png", np.zeros((40, 40)))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1600 pixels > 2 x 100: PIL's bomb error
+    with pytest.raises(BadFile, match=r"big\.png") as info:
+        load_images(path)
+    assert "\n" not in str(info.value) and "decompression bomb" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "array,mode",
+    [(np.array([[[255, 0, 0, 255], [9, 9, 9, 0]]], dtype=np.uint8), "RGBA"),  # transparent: white
+     (np.array([[0, 128 * 257, 255 * 256, 65535]], dtype=np.uint16), None)],  # 16-bit grey: scaled
+)  # fmt: skip
+def test_one_decoder_for_a_file_and_a_folder(tmp_path, array, mode):
+    """`ddim invert --images FILE` once decoded a file unlike the same file in a folder."""
+    Image.fromarray(array, mode).save(tmp_path / "x.png")
+    folder, names = load_images(tmp_path)
+    single, name = load_images(tmp_path / "x.png")
+    assert names == name == ["x.png"] and torch.equal(single, folder)
+    assert torch.equal(single[0], ImageFolder(tmp_path)[0][0])
+    expected = [[255, 255], [0, 255], [0, 255]] if mode else [[0, 128, 254, 255]]
+    assert denormalize(single[0]).flatten(1).tolist() == expected
+
+
+def test_load_images_resizes_converts_and_names_files(tmp_path):
+    save(tmp_path / "a.png", np.zeros((6, 6)))
+    save(tmp_path / "sub" / "b.png", np.full((4, 8, 3), 255))
+    images, names = load_images(tmp_path, size=4, channels=3)
+    assert images.shape == (2, 3, 4, 4) and names == ["a.png", "sub/b.png"]
+    assert images[0].eq(-1).all() and images[1].eq(1).all()
+    assert load_images(tmp_path / "sub" / "b.png", channels=1)[0].shape == (1, 1, 4, 8)
+    with pytest.raises(MissingFile, match=r"nope\.png does not exist"):
+        load_images(tmp_path / "nope.png")
 
 
 def test_mismatched_sizes_without_resize_name_the_file_and_the_fix(tmp_path):
@@ -213,60 +253,6 @@ def test_mismatched_sizes_without_resize_name_the_file_and_the_fix(tmp_path):
     with pytest.raises(ValueError, match=r"b\.png is 5x4 .*size="):
         ImageFolder(tmp_path)
     assert ImageFolder(tmp_path, size=4)[1][0].shape == (1, 4, 4)
-
-
-# --- IDX files -----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("gz", [False, True])
-def test_read_idx_raw_and_gzipped(tmp_path, gz):
-    array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
-    path = tmp_path / ("x.gz" if gz else "x")
-    path.write_bytes(gzip.compress(idx_bytes(array)) if gz else idx_bytes(array))
-    out = read_idx(path, 3)
-    assert out.shape == (2, 3, 4) and out.dtype == np.uint8 and np.array_equal(out, array)
-
-
-def test_read_idx_rejects_wrong_magic_truncation_and_bad_gzip(tmp_path):
-    labels = tmp_path / "labels"
-    labels.write_bytes(idx_bytes(np.arange(5)))
-    with pytest.raises(ValueError, match="expected 00000803"):
-        read_idx(labels, 3)
-    cut = tmp_path / "cut"
-    cut.write_bytes(idx_bytes(np.zeros((2, 3, 3)))[:-1])
-    with pytest.raises(ValueError, match="truncated"):
-        read_idx(cut, 3)
-    bad = tmp_path / "bad.gz"
-    bad.write_bytes(b"not gzip at all")
-    with pytest.raises(ValueError, match=r"bad\.gz"):
-        read_idx(bad, 1)
-
-
-@pytest.mark.parametrize("gz", [False, True])
-def test_idx_folder_splits_labels_and_resize(tmp_path, gz):
-    arrays = write_mnist(tmp_path, gz=gz)
-    train = load_dataset(tmp_path)
-    assert isinstance(train, TensorImageDataset) and train.images.shape == (5, 1, 4, 4)
-    assert torch.equal(denormalize(train.images[:, 0]), torch.from_numpy(arrays["train"][0]))
-    assert train.labels.tolist() == [0, 1, 2, 0, 1] and train.num_classes == 3
-    test = load_dataset(tmp_path, split="test", size=8, channels=3)
-    assert test.images.shape == (3, 3, 8, 8) and test[2][1] == 2
-    grey = load_dataset(tmp_path, split="test", size=8).images
-    assert torch.equal(test.images, grey.expand(-1, 3, -1, -1))
-
-
-def test_idx_folder_missing_labels_names_the_file(tmp_path):
-    write_mnist(tmp_path)
-    (tmp_path / "t10k-labels-idx1-ubyte").unlink()
-    with pytest.raises(FileNotFoundError, match="t10k-labels-idx1-ubyte"):
-        load_dataset(tmp_path, split="test")
-
-
-def test_idx_folder_count_mismatch(tmp_path):
-    write_mnist(tmp_path)
-    (tmp_path / "train-labels-idx1-ubyte").write_bytes(idx_bytes(np.arange(4)))
-    with pytest.raises(ValueError, match="5 images and .* 4 labels"):
-        load_dataset(tmp_path)
 
 
 # --- digits, torchvision, wrapped datasets, the entry point ----------------------------------
@@ -304,11 +290,11 @@ def test_torchvision_missing_files_say_how_to_fix(tmp_path):
         load_dataset("cifar10", root=tmp_path)
 
 
-def test_torchvision_missing_package_says_so(monkeypatch):
+def test_torchvision_missing_package_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchvision", None)
     monkeypatch.setitem(sys.modules, "torchvision.datasets", None)
-    with pytest.raises(ImportError, match="needs torchvision"):
-        load_dataset("fashion-mnist")
+    with pytest.raises(BadValue, match=r"needs torchvision: pip install \"ddim\[torchvision\]\""):
+        load_dataset("fashion_mnist")  # the underscore spelling names the same set
 
 
 def test_unknown_name_and_missing_path():
