@@ -1,5 +1,7 @@
-"""The DDPM training objective: per-example losses [N], with the timestep draw and the loss
-weighting passed in; the trainer reduces and logs."""
+"""The DDPM training objective: per-example losses [N]; the trainer reduces and logs.
+
+The timestep draw is fixed (uniform, Ho et al. 2020, Alg. 1) unless the caller passes `t`; the
+weighting is chosen by name (`WEIGHTINGS`): uniform, or min-SNR (Hang et al. 2023)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ddim.errors import BadValue
-from ddim.prediction import PREDICTIONS, target_of, x0_from_eps, x0_from_v
+from ddim.prediction import PREDICTIONS, append_dims, target_of, to_eps_x0
 from ddim.schedule import NoiseSchedule
 
 WEIGHTINGS = ("uniform", "min_snr")
@@ -79,20 +81,15 @@ def diffusion_loss(
         noise = noise.to(x0)
     a64 = schedule.alphas_cumprod[t.cpu()]
     a = a64.to(device=x0.device, dtype=x0.dtype)
-    shape = (-1,) + (1,) * (x0.ndim - 1)
-    x_t = a.sqrt().view(shape) * x0 + (1 - a).sqrt().view(shape) * noise  # Ho et al. eq. 4
+    x_t = append_dims(a.sqrt(), x0) * x0 + append_dims((1 - a).sqrt(), x0) * noise  # Ho et al. eq. 4
     if self_condition:
         cond = torch.zeros_like(x0)
         use = torch.rand(n * world, generator=generator, device=gen_device)[mine].to(x0.device) < 0.5
         if bool(use.any()):
             with torch.no_grad():
                 out = model(x_t, t, cond, **kwargs)
-            est = (
-                out
-                if prediction == "x0"
-                else (x0_from_eps(x_t, out, a) if prediction == "eps" else x0_from_v(x_t, out, a))
-            )
-            cond = torch.where(use.view(shape), est.detach(), cond)
+            est = to_eps_x0(out, x_t, a, prediction).x0
+            cond = torch.where(append_dims(use, x0), est.detach(), cond)
         output = model(x_t, t, cond, **kwargs)
     else:
         output = model(x_t, t, **kwargs)

@@ -20,13 +20,9 @@ import torch
 from torch import Tensor
 
 from ddim.errors import BadValue
-from ddim.schedule import NoiseSchedule
+from ddim.schedule import A_FLOOR, NoiseSchedule
 
 PREDICTIONS = ("eps", "x0", "v")
-
-# At zero terminal SNR (a = 0) x0 cannot be recovered from eps; dividing by sqrt(a) would give
-# NaN. The conversion uses max(a, A_FLOOR) instead: finite, and exact wherever a > A_FLOOR.
-A_FLOOR = 2.0**-24
 
 Coef = float | Tensor
 Clip = None | float | tuple[float, float] | str
@@ -37,34 +33,35 @@ class Prediction(NamedTuple):
     x0: Tensor
 
 
-def _coef(a: Coef, x: Tensor) -> Coef:
-    """A per-example coefficient [N] broadcast over x's trailing dimensions (k-diffusion's
-    append_dims); Python floats pass through."""
+def append_dims(a: Coef, x: Tensor) -> Coef:
+    """A per-example value [N] as [N, 1, ..., 1] on x's device (and dtype, if a float), to
+    broadcast over x's trailing dimensions (k-diffusion's append_dims); Python floats pass through."""
     if isinstance(a, Tensor):
-        return a.to(dtype=x.dtype, device=x.device).reshape(-1, *([1] * (x.ndim - 1)))
+        dtype = x.dtype if a.is_floating_point() else a.dtype  # a mask stays a mask
+        return a.to(dtype=dtype, device=x.device).reshape(-1, *([1] * (x.ndim - 1)))
     return a
 
 
 def x0_from_eps(x: Tensor, eps: Tensor, a: Coef) -> Tensor:
     if isinstance(a, float):  # the sampling hot path: one new tensor instead of three
         return torch.sub(x, eps, alpha=(1 - a) ** 0.5).mul_(max(a, A_FLOOR) ** -0.5)
-    return (x - _coef((1 - a) ** 0.5, x) * eps) / _coef(a.clamp_min(A_FLOOR) ** 0.5, x)
+    return (x - append_dims((1 - a) ** 0.5, x) * eps) / append_dims(a.clamp_min(A_FLOOR) ** 0.5, x)
 
 
 def eps_from_x0(x: Tensor, x0: Tensor, a: Coef) -> Tensor:
-    return (x - _coef(a**0.5, x) * x0) / _coef((1 - a) ** 0.5, x)
+    return (x - append_dims(a**0.5, x) * x0) / append_dims((1 - a) ** 0.5, x)
 
 
 def v_from(eps: Tensor, x0: Tensor, a: Coef) -> Tensor:
-    return _coef(a**0.5, eps) * eps - _coef((1 - a) ** 0.5, eps) * x0
+    return append_dims(a**0.5, eps) * eps - append_dims((1 - a) ** 0.5, eps) * x0
 
 
 def x0_from_v(x: Tensor, v: Tensor, a: Coef) -> Tensor:
-    return _coef(a**0.5, x) * x - _coef((1 - a) ** 0.5, x) * v
+    return append_dims(a**0.5, x) * x - append_dims((1 - a) ** 0.5, x) * v
 
 
 def eps_from_v(x: Tensor, v: Tensor, a: Coef) -> Tensor:
-    return _coef((1 - a) ** 0.5, x) * x + _coef(a**0.5, x) * v
+    return append_dims((1 - a) ** 0.5, x) * x + append_dims(a**0.5, x) * v
 
 
 def to_eps_x0(output: Tensor, x: Tensor, a: Coef, prediction: str) -> Prediction:
@@ -93,7 +90,7 @@ def dynamic_threshold(x0: Tensor, percentile: float = 0.995) -> Tensor:
     """Imagen (Saharia et al. 2022, sec. 2.3): s = the percentile of |x0| per example, at least 1;
     clamp to [-s, s] and divide by s."""
     s = torch.quantile(x0.detach().flatten(1).abs().float(), percentile, dim=1).clamp_min(1.0)
-    s = _coef(s, x0)
+    s = append_dims(s, x0)
     return x0.clamp(-s, s) / s
 
 

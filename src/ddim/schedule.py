@@ -22,6 +22,21 @@ from torch import Tensor
 from ddim.errors import BadValue
 
 SCHEDULE_KINDS = ("linear", "cosine", "sigmoid", "scaled_linear")
+# The smallest a_t the math reads: at zero terminal SNR (a = 0) x0 cannot be recovered from eps
+# (dividing by sqrt(a) gives NaN) and log-SNR is -inf. The eps -> x0 conversion, the log-SNR grids
+# and the Karras-form samplers read max(a, A_FLOOR) instead: finite, and exact wherever
+# a > A_FLOOR (diffusers uses the same floor).
+A_FLOOR = 2.0**-24
+
+
+def log_snr(a: Tensor | float) -> Tensor | float:
+    """log(a / (1 - a)) of a = alphas_cumprod (Kingma et al. 2021, eq. 2): -inf at a = 0, +inf at
+    a = 1. The one place log-SNR is computed; a tensor or a Python float."""
+    if isinstance(a, Tensor):
+        return a.log() - torch.log1p(-a)
+    if a <= 0 or a >= 1:
+        return -math.inf if a <= 0 else math.inf
+    return math.log(a) - math.log1p(-a)
 
 
 @dataclass(frozen=True, eq=False)
@@ -130,8 +145,7 @@ class NoiseSchedule:
 
     def log_snr(self, t: Tensor | int) -> Tensor:
         """log(a_t / (1 - a_t)) (Kingma et al. 2021, eq. 2); -inf where a_t = 0."""
-        a = self.alphas_cumprod[t]
-        return a.log() - (1 - a).log()
+        return log_snr(self.alphas_cumprod[t])
 
     def to_config(self) -> dict:
         """A JSON-ready description that rebuilds this exact schedule."""

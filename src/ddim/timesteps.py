@@ -30,14 +30,11 @@ import torch
 from torch import Tensor
 
 from ddim.errors import BadValue
-from ddim.schedule import NoiseSchedule
+from ddim.schedule import A_FLOOR, NoiseSchedule, log_snr
 
 SPACINGS = ("trailing", "leading", "linspace", "uniform", "quadratic", "logsnr", "karras")
 SCHEDULE_SPACINGS = ("logsnr", "karras")  # the grids that need the schedule
 KARRAS_RHO = 7.0  # Karras et al. 2022, eq. 5 and Table 1
-# The log-SNR grids read an a below 2^-24 as 2^-24: the noisy end of a zero-terminal-SNR schedule
-# (log-SNR -inf) becomes finite, as in diffusers; the predictor uses the same floor (A_FLOOR).
-ZERO_SNR_A = 2.0**-24
 
 
 def make_timesteps(
@@ -86,8 +83,9 @@ def _log_snr_grid(T: int, S: int, spacing: str, schedule: NoiseSchedule | None) 
         raise BadValue(f"the {spacing!r} grid is placed by log-SNR: pass schedule= (the NoiseSchedule)")
     if schedule.T != T:
         raise BadValue(f"the schedule has T = {schedule.T} timesteps but the grid was asked for T = {T}")
-    a = schedule.alphas_cumprod.clamp_min(ZERO_SNR_A)
-    lam = a.log() - (1 - a).log()  # log-SNR, decreasing in t (Kingma et al. 2021, eq. 2)
+    # log-SNR, decreasing in t; a below A_FLOOR read as A_FLOOR, so that the noisy end of a
+    # zero-terminal-SNR schedule (log-SNR -inf) is finite, as in diffusers
+    lam = log_snr(schedule.alphas_cumprod.clamp_min(A_FLOOR))
     lam_min, lam_max = lam[-1].item(), lam[0].item()
     if spacing == "logsnr":
         targets = torch.linspace(lam_min, lam_max, S, dtype=torch.float64)
