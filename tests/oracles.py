@@ -40,12 +40,12 @@ class GaussianOracle:
             return x0
         return a.sqrt() * eps - (1 - a).sqrt() * x0
 
-    def flow(self, x_T: Tensor, a_T: float) -> Tensor:  # noqa: N803
+    def flow(self, x_T: Tensor, a_T: float) -> Tensor:
         """The exact probability-flow ODE solution x0 from x_T at a_T."""
         mu, s = self.mu.to(x_T), self.s.to(x_T)
         return mu + s * (x_T - a_T**0.5 * mu) / (a_T * s**2 + 1 - a_T) ** 0.5
 
-    def encode(self, x0: Tensor, a_T: float) -> Tensor:  # noqa: N803
+    def encode(self, x0: Tensor, a_T: float) -> Tensor:
         """The exact probability-flow map x0 -> x_T (the inverse of `flow`)."""
         mu, s = self.mu.to(x0), self.s.to(x0)
         return a_T**0.5 * mu + (a_T * s**2 + 1 - a_T) ** 0.5 * (x0 - mu) / s

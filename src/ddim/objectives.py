@@ -17,7 +17,7 @@ from ddim.schedule import NoiseSchedule
 WEIGHTINGS = ("uniform", "min_snr")
 
 
-def sample_timesteps(n: int, T: int, generator: torch.Generator | None = None, device=None) -> Tensor:  # noqa: N803
+def sample_timesteps(n: int, T: int, generator: torch.Generator | None = None, device=None) -> Tensor:
     """t ~ Uniform{0..T-1} (Ho et al. 2020, Alg. 1)."""
     gen_device = generator.device if generator is not None else "cpu"
     return torch.randint(0, T, (n,), generator=generator, device=gen_device).to(device)

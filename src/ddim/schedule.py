@@ -61,7 +61,7 @@ class NoiseSchedule:
         return f"NoiseSchedule(T={self.T}, a_0={float(a[0]):.6g}, a_T-1={float(a[-1]):.6g})"
 
     @property
-    def T(self) -> int:  # noqa: N802 - the paper's symbol
+    def T(self) -> int:
         return len(self.betas)
 
     # ---- constructors -------------------------------------------------------------------
@@ -76,7 +76,7 @@ class NoiseSchedule:
         cls,
         T: int = 1000,
         beta_start: float | None = None,
-        beta_end: float | None = None,  # noqa: N803
+        beta_end: float | None = None,
     ) -> NoiseSchedule:
         """Ho et al. 2020, sec. 4: betas linear from 1e-4 to 0.02 at T = 1000; by default the
         endpoints scale by 1000 / T for other T (Nichol & Dhariwal 2021, sec. 3.2) so that the
@@ -91,13 +91,13 @@ class NoiseSchedule:
         cls,
         T: int = 1000,
         beta_start: float = 0.00085,
-        beta_end: float = 0.012,  # noqa: N803
+        beta_end: float = 0.012,
     ) -> NoiseSchedule:
         """Latent diffusion (Rombach et al. 2022): betas linear in sqrt(beta)."""
         return cls(torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float64) ** 2)
 
     @classmethod
-    def cosine(cls, T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> NoiseSchedule:  # noqa: N803
+    def cosine(cls, T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> NoiseSchedule:
         """Nichol & Dhariwal 2021, eq. 17: a_t = f(t)/f(0), f(t) = cos((t/T + s)/(1 + s) * pi/2)^2;
         betas = 1 - a_t / a_{t-1} clipped to max_beta (their sec. 3.2)."""
         t = torch.arange(T + 1, dtype=torch.float64) / T
@@ -110,7 +110,7 @@ class NoiseSchedule:
         T: int = 1000,
         start: float = -3.0,
         end: float = 3.0,
-        tau: float = 1.0,  # noqa: N803
+        tau: float = 1.0,
         max_beta: float = 0.999,
     ) -> NoiseSchedule:
         """Jabri et al. 2022 (RIN), Alg. 1: a(t) = (sigmoid(end/tau) - sigmoid((t(end-start)+start)/tau))
@@ -121,7 +121,7 @@ class NoiseSchedule:
         return cls((1 - f[1:] / f[:-1]).clamp(max=max_beta))
 
     @classmethod
-    def named(cls, kind: str, T: int = 1000) -> NoiseSchedule:  # noqa: N803
+    def named(cls, kind: str, T: int = 1000) -> NoiseSchedule:
         if kind not in SCHEDULE_KINDS:
             raise BadValue(f"unknown schedule {kind!r}; choose one of {', '.join(SCHEDULE_KINDS)}")
         return getattr(cls, kind)(T)

@@ -38,7 +38,7 @@ KARRAS_RHO = 7.0  # Karras et al. 2022, eq. 5 and Table 1
 
 
 def make_timesteps(
-    T: int,  # noqa: N803
+    T: int,
     steps: int,
     spacing: str | Sequence[int] = "trailing",
     schedule: NoiseSchedule | None = None,
@@ -54,7 +54,7 @@ def make_timesteps(
             f"steps must be an integer from 1 to T = {T}, got {steps!r}; "
             "a sampler cannot take more steps than the schedule has timesteps"
         )
-    S = steps  # noqa: N806
+    S = steps
     if spacing == "trailing":
         grid = [math.floor(T * k / S + 0.5) - 1 for k in range(1, S + 1)]
     elif spacing == "leading":
@@ -77,7 +77,7 @@ def make_timesteps(
     return torch.tensor(grid[::-1], dtype=torch.int64)
 
 
-def _log_snr_grid(T: int, S: int, spacing: str, schedule: NoiseSchedule | None) -> list[int]:  # noqa: N803
+def _log_snr_grid(T: int, S: int, spacing: str, schedule: NoiseSchedule | None) -> list[int]:
     """The increasing timesteps of a "logsnr" or "karras" grid of S points."""
     if schedule is None:
         raise BadValue(f"the {spacing!r} grid is placed by log-SNR: pass schedule= (the NoiseSchedule)")
@@ -107,7 +107,7 @@ def _log_snr_grid(T: int, S: int, spacing: str, schedule: NoiseSchedule | None) 
     return grid
 
 
-def validate_timesteps(T: int, timesteps: Sequence[int] | Tensor, steps: int | None = None) -> Tensor:  # noqa: N803
+def validate_timesteps(T: int, timesteps: Sequence[int] | Tensor, steps: int | None = None) -> Tensor:
     """Check a custom grid and return it as an int64 tensor."""
     t = torch.as_tensor(timesteps)
     if t.ndim != 1 or len(t) == 0:
