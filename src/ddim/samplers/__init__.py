@@ -7,6 +7,7 @@ from ddim.samplers.ddim import ddim, ddim_invert, ddim_sigma
 from ddim.samplers.ddpm import ddpm, posterior_variance
 from ddim.samplers.dpm_solver import dpm_solver_pp
 from ddim.samplers.interpolation import slerp
+from ddim.samplers.ipndm import ipndm
 from ddim.samplers.karras import euler, heun, model_calls
 from ddim.samplers.unipc import unipc
 
@@ -20,6 +21,7 @@ SAMPLERS = {
     "unipc": unipc,
     "euler": euler,
     "heun": heun,
+    "ipndm": ipndm,
 }
 
 # Each sampler's grid when none is asked for, chosen by measurement on the exact Gaussian oracle
@@ -34,6 +36,7 @@ DEFAULT_SPACINGS = {
     "unipc": "logsnr",
     "euler": "trailing",
     "heun": "karras",
+    "ipndm": "logsnr",
 }
 
 __all__ = [
@@ -46,6 +49,7 @@ __all__ = [
     "dpm_solver_pp",
     "euler",
     "heun",
+    "ipndm",
     "model_calls",
     "posterior_variance",
     "slerp",
