@@ -12,7 +12,7 @@ from test_training import tiny_run
 from ddim import sample
 from ddim.data import load_dataset
 from ddim.training import CheckpointError, load_checkpoint, train
-from ddim.training.checkpoint import read_state
+from ddim.training.checkpoint import DamagedCheckpoint, read_state
 
 EXECUTED = []
 
@@ -70,13 +70,14 @@ def test_a_crash_while_saving_leaves_the_last_checkpoint_whole(tmp_path, digits,
 
     def save_then_crash(*args, **kwargs):
         calls.append(args[1])
-        if len(calls) == 3:  # the second checkpoint, after its first file
+        if len(calls) >= 3:  # the second checkpoint after its first file, and the rescue's retry
             raise RuntimeError("disk full")
         return real_save(*args, **kwargs)
 
     monkeypatch.setattr(safetensors.torch, "save_file", save_then_crash)
-    with pytest.raises(RuntimeError, match="disk full"):
+    with pytest.raises(RuntimeError, match="disk full") as caught:
         train(RUN, tmp_path, progress=False, dataset=digits)
+    assert "could not save step 2" in caught.value.__notes__[0]
     monkeypatch.undo()
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-000001"]  # no partial folder
     assert load_checkpoint(tmp_path).step == 1
@@ -127,7 +128,7 @@ def test_refuses_to_unpickle_anything(checkpoint):
     with pytest.raises(
         CheckpointError, match="state.pt holds objects other than tensors.*refusing to unpickle"
     ):
-        read_state(checkpoint)
+        read_state(checkpoint, 2)
     assert EXECUTED == []
 
 
@@ -138,7 +139,7 @@ def test_refuses_what_is_not_a_ddim_checkpoint(tmp_path, checkpoint):
     with pytest.raises(CheckpointError, match="not a ddim checkpoint"):
         load_checkpoint(tmp_path / "empty")
     _edit_config(checkpoint, lambda c: c.update(version=2))
-    with pytest.raises(CheckpointError, match="version 2, newer"):
+    with pytest.raises(CheckpointError, match="version 2, but this ddim reads versions 1 to 1"):
         load_checkpoint(checkpoint)
     _edit_config(checkpoint, lambda c: c.update(format="diffusers"))
     with pytest.raises(CheckpointError, match="not a ddim checkpoint config"):
@@ -148,8 +149,18 @@ def test_refuses_what_is_not_a_ddim_checkpoint(tmp_path, checkpoint):
         load_checkpoint(checkpoint)
 
 
-def test_resume_refuses_a_checkpoint_without_its_state(tmp_path, run_dir, digits):
+def test_resume_falls_back_from_a_checkpoint_without_its_state(tmp_path, run_dir, digits):
     shutil.copytree(run_dir / "checkpoints", tmp_path / "checkpoints")
     (tmp_path / "checkpoints" / "step-000002" / "state.pt").unlink()
-    with pytest.raises(CheckpointError, match="state.pt is missing"):
+    skipped = "skipped damaged step-000002 .*state.pt is missing.*step-000001"
+    with pytest.warns(DamagedCheckpoint, match=skipped):
+        end = train(RUN, tmp_path, resume=True, progress=False, dataset=digits)
+    # step 2 was trained again from step 1, exactly; the damaged folder was kept aside, not deleted
+    want = load_file(run_dir / "checkpoints" / "step-000002" / "model.safetensors")
+    got = load_file(end / "model.safetensors")
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert (tmp_path / "checkpoints" / "step-000002.damaged" / "model.safetensors").is_file()
+    (tmp_path / "checkpoints" / "step-000001" / "state.pt").unlink()
+    (end / "state.pt").unlink()
+    with pytest.raises(CheckpointError, match="every checkpoint under .* is damaged"):
         train(tiny_run(steps=3), tmp_path, resume=True, progress=False, dataset=digits)

@@ -14,9 +14,10 @@ from safetensors.torch import load_file
 
 from ddim.config import DiffusionConfig, RunConfig, TrainConfig, resolve_device
 from ddim.data import DataConfig, TensorImageDataset, WrappedDataset, load_dataset
+from ddim.errors import BadValue
 from ddim.models import UNetConfig
 from ddim.training import ema_decay_at, ema_update, lr_at, train
-from ddim.training.loop import IndexStream
+from ddim.training.batches import IndexStream
 
 TINY_MODEL = dict(base_channels=8, channel_mult=(1, 2), groups=4, num_heads=2)
 
@@ -83,8 +84,19 @@ def test_run_config_round_trips_through_json():
     run = tiny_run(model=dict(num_classes=10, self_condition=True, attention_resolutions=(2,)))
     run = dataclasses.replace(run, data=DataConfig(dataset="digits", size=(8, 8), flip=True))
     assert RunConfig.from_dict(json.loads(json.dumps(run.to_dict()))) == run
-    assert RunConfig.from_dict({}) == RunConfig()  # missing sections take their defaults
-    assert RunConfig.from_dict({"train": {"steps": 7}}).train == TrainConfig(steps=7)
+    # only a format upgrade fills missing sections and keys with their defaults, explicitly
+    assert RunConfig.from_dict({}, fill_defaults=True) == RunConfig()
+    assert RunConfig.from_dict({"train": {"steps": 7}}, fill_defaults=True).train == TrainConfig(steps=7)
+
+
+def test_run_config_refuses_a_missing_key():
+    """An edited config.json never silently changes meaning: a deleted key is an error."""
+    d = json.loads(json.dumps(RunConfig().to_dict()))
+    del d["diffusion"]["prediction"]
+    with pytest.raises(BadValue, match="diffusion lacks the key.*'prediction'"):
+        RunConfig.from_dict(d)
+    with pytest.raises(BadValue, match="run config lacks the key.*'train'"):
+        RunConfig.from_dict({k: v for k, v in RunConfig().to_dict().items() if k != "train"})
 
 
 @pytest.mark.parametrize(
@@ -100,18 +112,36 @@ def test_run_config_round_trips_through_json():
         ({"diffusion": {"timesteps": 10}}, "sample_steps"),
         ({"model": {"out_channels": 2}}, "out_channels"),
         ({"model": []}, "model must be a JSON object"),
+        ({"data": {"size": "ab"}}, "data.size must be of type int | tuple"),
+        ({"model": {"num_classes": "x"}}, "model.num_classes must be of type int | None"),
+        ({"model": {"channel_mult": [1, "2"]}}, "model.channel_mult must be of type tuple"),
+        ({"train": {"lr": float("inf")}}, "train.lr must be of type float .finite."),
+        ({"train": {"offset_noise": 1e30}}, "offset_noise must lie in"),
+        ({"train": {"lr": 5.0}}, "lr must lie in"),
+        ({"train": {"seed": 2**64}}, "seed must be below 2..64"),
     ],
 )
 def test_run_config_from_dict_refuses_bad_input(d, match):
-    with pytest.raises(ValueError, match=match):
-        RunConfig.from_dict(d)
+    with pytest.raises(BadValue, match=match):
+        RunConfig.from_dict(d, fill_defaults=True)
+
+
+def test_the_library_shares_the_config_checks():
+    """The dataclasses check themselves, so a config built in Python is refused like a file."""
+    with pytest.raises(BadValue, match="train.lr must be of type float"):
+        TrainConfig(lr=float("nan"))
+    with pytest.raises(BadValue, match="data.size must be of type"):
+        RunConfig(data=DataConfig(size="ab"))
 
 
 def test_resolve_device():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(ValueError, match="unknown device"):
+    with pytest.raises(BadValue, match="unknown device"):
         resolve_device("gpu")
+    for name in ("meta", "xla", "cuda:99"):  # devices torch names but cannot train on here
+        with pytest.raises(BadValue, match=repr(name)):
+            resolve_device(name)
 
 
 # ---- short runs ------------------------------------------------------------------------------

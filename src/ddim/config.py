@@ -2,13 +2,18 @@
 loop, and `RunConfig`, which bundles them with the model's `UNetConfig` and the data's `DataConfig`.
 
 Every config round-trips through JSON: `RunConfig.from_dict(json.loads(json.dumps(run.to_dict())))
-== run`. `from_dict` validates: unknown keys, values of the wrong type and out-of-range values
-raise a ValueError that names the key. Also owns `resolve_device`.
+== run`. One check serves the library, the CLI and a loaded config.json: `RunConfig.__post_init__`
+checks every field of every section against its type hint (`check_types`) and each section's own
+`__post_init__` checks ranges (finite numbers included), raising `BadValue` naming the field.
+`from_dict` also refuses unknown and missing keys; only `fill_defaults=True` (a checkpoint
+format upgrade) fills missing keys with defaults. Also owns `resolve_device`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -39,6 +44,7 @@ class DiffusionConfig:
     zero_terminal_snr: bool = False  # Lin et al. 2023: rescale so the last step has SNR 0
 
     def __post_init__(self) -> None:
+        check_types(self, "diffusion")
         _check(
             self.schedule in SCHEDULE_KINDS,
             f"schedule must be one of {SCHEDULE_KINDS}, got {self.schedule!r}",
@@ -86,6 +92,7 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader workers for datasets not held in memory
 
     def __post_init__(self) -> None:
+        check_types(self, "train")
         for name in ("steps", "batch_size", "grad_accum", "sample_steps", "sample_n"):
             _check(getattr(self, name) >= 1, f"{name} must be at least 1, got {getattr(self, name)}")
         for name in (
@@ -101,7 +108,14 @@ class TrainConfig:
             "seed",
         ):
             _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
-        _check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        _check(0 < self.lr <= 1, f"lr must lie in (0, 1] (AdamW's rate; 1e-4..1e-3 is usual), got {self.lr}")
+        _check(
+            self.offset_noise <= 1,
+            f"offset_noise must lie in [0, 1] (0.1 is usual), got {self.offset_noise}",
+        )
+        _check(
+            self.seed < 2**64, f"seed must be below 2**64 (torch's generators take 64 bits), got {self.seed}"
+        )
         _check(self.min_snr_gamma > 0, f"min_snr_gamma must be > 0, got {self.min_snr_gamma}")
         _check(0 <= self.ema_decay < 1, f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         _check(0 <= self.label_dropout < 1, f"label_dropout must lie in [0, 1), got {self.label_dropout}")
@@ -133,6 +147,7 @@ class RunConfig:
                 isinstance(value, cls),
                 f"RunConfig.{name} must be a {cls.__name__}, got {type(value).__name__}",
             )
+            check_types(value, name)
         _check(
             self.model.out_channels == self.model.in_channels,
             f"model.out_channels ({self.model.out_channels}) must equal model.in_channels "
@@ -159,17 +174,21 @@ class RunConfig:
         return {name: asdict(getattr(self, name)) for name in _SECTIONS}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> RunConfig:
-        """Build and validate a RunConfig; missing sections and keys take their defaults."""
-        sections = _fields_of(RunConfig, d, "run config")
-        return cls(**{name: _build(_SECTIONS[name], value, name) for name, value in sections.items()})
+    def from_dict(cls, d: Mapping[str, Any], *, fill_defaults: bool = False) -> RunConfig:
+        """Build and validate a RunConfig. A missing section or key is an error (an edited config
+        must never silently change meaning) unless `fill_defaults`, which a checkpoint format
+        upgrade passes explicitly to take the defaults of keys its version did not have."""
+        sections = _fields_of(RunConfig, d, "run config", fill_defaults)
+        return cls(
+            **{name: _build(_SECTIONS[name], value, name, fill_defaults) for name, value in sections.items()}
+        )
 
 
 _SECTIONS = {"model": UNetConfig, "diffusion": DiffusionConfig, "data": DataConfig, "train": TrainConfig}
 
 
-def _fields_of(cls: type, d: Any, where: str) -> dict[str, Any]:
-    """d as a dict, after checking that it is a mapping whose keys are fields of cls."""
+def _fields_of(cls: type, d: Any, where: str, fill_defaults: bool) -> dict[str, Any]:
+    """d as a dict, after checking that it is a mapping whose keys are the fields of cls."""
     _check(isinstance(d, Mapping), f"{where} must be a JSON object (a mapping), got {type(d).__name__}")
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(d) - set(names))
@@ -177,40 +196,92 @@ def _fields_of(cls: type, d: Any, where: str) -> dict[str, Any]:
         not unknown,
         f"unknown key(s) {', '.join(map(repr, unknown))} in {where}; valid keys: {', '.join(names)}",
     )
+    missing = [name for name in names if name not in d]
+    _check(
+        fill_defaults or not missing,
+        f"{where} lacks the key(s) {', '.join(map(repr, missing))}; a missing key would silently take "
+        "a default and change the run's meaning: restore it from the original config",
+    )
     return dict(d)
 
 
-def _has_type(value: Any, expected: type) -> bool:
-    if expected is bool:
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a (JSON-loaded or Python) value fits a field's type hint: int, float, bool, str,
+    None, unions of them, and tuples (JSON lists are accepted for tuples)."""
+    if hint is Any:
+        return True
+    if hint is type(None) or hint is None:
+        return value is None
+    if hint is bool:
         return isinstance(value, bool)
-    if expected is float:
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    return isinstance(value, expected) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:  # finite: a NaN or an infinity is never a meaningful setting
+        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if origin is tuple:
+        if not isinstance(value, tuple | list):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args, strict=True))
+    return isinstance(value, hint) if isinstance(hint, type) else True  # other hints: not checked here
 
 
-def _build(cls: type, d: Any, where: str) -> Any:
-    """cls(**d) with unknown keys and simple type mismatches (int, float, bool, str) reported by name;
-    the config's own checks then report values out of range."""
-    values = _fields_of(cls, d, where)
+def _check_values(cls: type, values: Mapping[str, Any], where: str) -> None:
     hints = typing.get_type_hints(cls)
     for key, value in values.items():
-        expected = hints[key]
-        if expected in (int, float, bool, str) and not _has_type(value, expected):
-            raise BadValue(f"{where}.{key} must be of type {expected.__name__}, got {value!r}")
+        if not _fits(value, hints[key]):
+            finite = " (finite)" if "float" in _type_name(hints[key]) else ""
+            raise BadValue(f"{where}.{key} must be of type {_type_name(hints[key])}{finite}, got {value!r}")
+
+
+def check_types(config: Any, where: str) -> None:
+    """Raise BadValue naming the first field of a config dataclass whose value does not fit its
+    type hint (floats must be finite)."""
+    _check_values(type(config), {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}, where)
+
+
+def _build(cls: type, d: Any, where: str, fill_defaults: bool) -> Any:
+    """cls(**d) with unknown, missing and mistyped keys reported by name; the config's own checks
+    then report values out of range."""
+    values = _fields_of(cls, d, where, fill_defaults)
+    _check_values(cls, values, where)
     try:
         return cls(**values)
-    except (TypeError, ValueError) as e:
+    except BadValue as e:
         raise BadValue(f"invalid {where} config: {e}") from e
 
 
 def resolve_device(name: str) -> torch.device:
-    """The device named: "auto" is CUDA when available, else the CPU; or "cpu", "cuda", "cuda:1"."""
+    """The device named, after checking that torch can compute on it: "auto" is CUDA when
+    available, else the CPU; or "cpu", "cuda", "cuda:N", "mps"."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    fix = "use 'auto', 'cpu', 'cuda' or 'cuda:N'"
     try:
         device = torch.device(name)
-    except RuntimeError as e:
-        raise BadValue(f"unknown device {name!r} ({e}); use 'auto', 'cpu', 'cuda' or 'cuda:N'") from e
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BadValue(f"device {name!r} requested but CUDA is not available; use 'cpu' or 'auto'")
+    except (RuntimeError, TypeError):
+        raise BadValue(f"unknown device {name!r}; {fix}") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        _check(count > 0, f"device {name!r} requested but CUDA is not available; use 'cpu' or 'auto'")
+        _check(
+            device.index is None or device.index < count,
+            f"device {name!r} does not exist: there are {count} CUDA device(s), cuda:0 to cuda:{count - 1}",
+        )
+    elif device.type == "mps":
+        _check(
+            torch.backends.mps.is_available(), f"device {name!r} requested but MPS is not available; {fix}"
+        )
+    else:
+        _check(device.type == "cpu", f"device {name!r} cannot run training or sampling; {fix}")
     return device

@@ -1,8 +1,10 @@
-"""Training: the loop (`train`), EMA as pure functions, and checkpoints (`load_checkpoint`)."""
+"""Training: the loop (`train`), the LR and EMA schedules as pure functions, and checkpoints
+(`load_checkpoint`)."""
 
 from ddim.training.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from ddim.training.ema import ema_decay_at, ema_update
-from ddim.training.loop import lr_at, train
+from ddim.training.loop import train
+from ddim.training.lr import lr_at
 
 __all__ = [
     "CheckpointError",

@@ -8,6 +8,12 @@ It is written into a hidden sibling folder, flushed to disk and renamed into pla
 while saving leaves the previous checkpoints whole. Loading never runs code from a file:
 weights are read with safetensors and state.pt with `torch.load(weights_only=True)`. The noise
 schedule is rebuilt from the saved DiffusionConfig, never read from the weights.
+
+A damaged newest checkpoint does not block a run: `find_checkpoint` on a run folder falls back to
+the newest intact one and warns (`DamagedCheckpoint`, one line) naming what it skipped; a new
+checkpoint of a skipped step moves the damaged folder aside to `step-XXXXXX.damaged`, never
+deleting it. Intact means: config.json valid, the safetensors headers cover their files (no
+checksum: flipped bits inside the data are not seen), state.pt readable and well-formed.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import os
 import pickle
 import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from ddim.config import RunConfig
-from ddim.errors import BadFile
+from ddim.errors import BadFile, BadValue
 from ddim.models import UNet
 from ddim.schedule import NoiseSchedule
 
@@ -38,6 +45,10 @@ _STEP_DIR = re.compile(r"step-(\d+)")
 
 class CheckpointError(BadFile):
     """A checkpoint that cannot be loaded; the message names the file and what to do."""
+
+
+class DamagedCheckpoint(UserWarning):
+    """A damaged checkpoint was skipped for an older intact one; the message names both."""
 
 
 @dataclass
@@ -111,6 +122,8 @@ def save_checkpoint(
     final = root / step_dir_name(step)
     for leftover in root.glob(".tmp-step-*"):  # partial folders of a killed process
         shutil.rmtree(leftover, ignore_errors=True)
+    if final.exists():  # a damaged checkpoint skipped on resume: keep it aside, never delete it
+        os.rename(final, root / f"{final.name}.damaged")
     tmp = root / f".tmp-{final.name}"
     tmp.mkdir()
     try:
@@ -135,9 +148,13 @@ def save_checkpoint(
 
 
 # ---- loading --------------------------------------------------------------------------------
-def find_checkpoint(path: str | os.PathLike) -> Path:
-    """The checkpoint folder that `path` names: itself, or the newest under `path/checkpoints/`
-    (a run folder) or directly under `path` (a checkpoints folder)."""
+ALL_FILES = (CONFIG, MODEL, EMA, STATE)  # what resuming needs
+
+
+def find_checkpoint(path: str | os.PathLike, needs: tuple[str, ...] = (CONFIG, EMA)) -> Path:
+    """The checkpoint folder that `path` names: itself, or the newest intact one (whose files
+    `needs` are whole) under `path/checkpoints/` (a run folder) or directly under `path` (a
+    checkpoints folder); damaged newer ones are skipped with a `DamagedCheckpoint` warning."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path} does not exist; pass a run folder or one of its checkpoint folders")
@@ -150,16 +167,49 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
         )
     for root in (path / CHECKPOINTS, path):
         found = list_checkpoints(root)
+        skipped = []
+        for checkpoint in reversed(found):
+            problem = damage(checkpoint, needs)
+            if problem is None:
+                if skipped:
+                    warnings.warn(
+                        f"skipped damaged {'; '.join(skipped)}; using {checkpoint}", DamagedCheckpoint, 2
+                    )
+                return checkpoint
+            skipped.append(f"{checkpoint.name} ({problem})")
         if found:
-            return found[-1]
+            raise CheckpointError(
+                f"every checkpoint under {root} is damaged (newest: {skipped[0]}); train a new run"
+            )
     raise CheckpointError(
         f"{path} is not a ddim checkpoint: it holds no {CONFIG} and no {CHECKPOINTS}/step-XXXXXX "
         "folders; pass the folder a training run wrote, or one of its checkpoints/step-XXXXXX folders"
     )
 
 
+def damage(checkpoint: Path, needs: tuple[str, ...] = ALL_FILES) -> str | None:
+    """What is wrong with the files `needs` of a checkpoint folder, in a few words, or None."""
+    try:
+        _, step = read_config(checkpoint)
+        for name in (MODEL, EMA):
+            if name in needs:
+                file = checkpoint / name
+                if not file.is_file():
+                    return f"{name} is missing"
+                with safetensors.safe_open(file, "pt"):  # checks that the header covers the file
+                    pass
+        if STATE in needs:
+            read_state(checkpoint, step)
+    except CheckpointError as e:
+        return str(e).split(";")[0]
+    except (safetensors.SafetensorError, OSError) as e:
+        return f"{name}: {e}"
+    return None
+
+
 def read_config(checkpoint: str | os.PathLike) -> tuple[RunConfig, int]:
-    """(run config, step) from a checkpoint folder's config.json, validated."""
+    """(run config, step) from a checkpoint folder's config.json, validated. A missing key is an
+    error; only a file of an older format version gets the defaults of the keys it lacks."""
     file = Path(checkpoint) / CONFIG
     if not file.is_file():
         raise CheckpointError(f"{file} is missing; pass a complete checkpoint folder")
@@ -172,15 +222,19 @@ def read_config(checkpoint: str | os.PathLike) -> tuple[RunConfig, int]:
             f'{file} is not a ddim checkpoint config (no "format": "{FORMAT}"); pass a folder '
             "written by ddim's training"
         )
-    if not isinstance(data.get("version"), int) or data["version"] > VERSION:
+    version = data.get("version")
+    if type(version) is not int or not 1 <= version <= VERSION:
         raise CheckpointError(
-            f"{file} has format version {data.get('version')!r}, newer than this ddim reads "
-            f"({VERSION}); upgrade ddim"
+            f"{file} has format version {version!r}, but this ddim reads versions 1 to {VERSION}; "
+            "upgrade ddim, or restore the file"
         )
+    step = data.get("step")
+    if type(step) is not int or step < 0:
+        raise CheckpointError(f'{file} has "step": {step!r}, not an integer >= 0; restore the file')
     try:
-        return RunConfig.from_dict(data["run"]), int(data["step"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{file} holds an invalid run config ({e}); use another checkpoint") from e
+        return RunConfig.from_dict(data.get("run"), fill_defaults=version < VERSION), step
+    except BadValue as e:
+        raise CheckpointError(f"{file} holds an invalid run config ({e}); restore the file") from e
 
 
 def load_weights(file: str | os.PathLike, model: nn.Module) -> None:
@@ -217,8 +271,9 @@ def load_weights(file: str | os.PathLike, model: nn.Module) -> None:
     model.load_state_dict(weights)
 
 
-def read_state(checkpoint: str | os.PathLike) -> dict:
-    """The training state (state.pt) of a checkpoint folder, unpickling plain data only."""
+def read_state(checkpoint: str | os.PathLike, step: int) -> dict:
+    """The training state (state.pt) of the checkpoint of `step`, unpickling plain data only,
+    with its fields checked."""
     file = Path(checkpoint) / STATE
     if not file.is_file():
         raise CheckpointError(
@@ -226,7 +281,7 @@ def read_state(checkpoint: str | os.PathLike) -> dict:
             "resume from another checkpoint or start a new run"
         )
     try:
-        return torch.load(file, map_location="cpu", weights_only=True)
+        state = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # weights_only met an object other than plain data
         raise CheckpointError(
             f"{file} holds objects other than tensors and plain values; refusing to unpickle them, "
@@ -234,8 +289,48 @@ def read_state(checkpoint: str | os.PathLike) -> dict:
         ) from e
     except Exception as e:  # a truncated or damaged file fails in several ways
         raise CheckpointError(
-            f"cannot read {file} ({type(e).__name__}: {e}); it is damaged, resume from another checkpoint"
+            f"cannot read {file} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            "it is damaged, resume from another checkpoint"
         ) from e
+    return _check_state(state, file, step)
+
+
+def _bytes(value: object) -> bool:
+    return isinstance(value, Tensor) and value.dtype == torch.uint8 and value.dim() == 1
+
+
+def _check_state(state: object, file: Path, step: int) -> dict:
+    """`state` (read from `file`, of the checkpoint of `step`) after checking its fields."""
+
+    def refuse(problem: str) -> CheckpointError:
+        return CheckpointError(f"{file} is malformed ({problem}); resume from another checkpoint")
+
+    if not isinstance(state, dict):
+        raise refuse(f"a {type(state).__name__} instead of a dict")
+    missing = sorted({"step", "data_position", "optimizer", "rng"} - set(state))
+    if missing:
+        raise refuse(f"no {', '.join(missing)}")
+    if type(state["step"]) is not int or state["step"] != step:
+        raise refuse(f"step {state['step']!r} where its config.json says {step}")
+    position = state["data_position"]
+    if type(position) is not int or position < 0:
+        raise refuse(f"data_position {position!r}, not an integer >= 0")
+    optimizer = state["optimizer"]
+    if not (
+        isinstance(optimizer, dict)
+        and isinstance(optimizer.get("state"), dict)
+        and isinstance(optimizer.get("param_groups"), list)
+    ):
+        raise refuse("an optimizer state without its 'state' and 'param_groups'")
+    rng = state["rng"]
+    if not (isinstance(rng, dict) and all(_bytes(rng.get(k)) for k in ("torch", "data", "noise"))):
+        raise refuse("RNG states that are not byte tensors")
+    if not (isinstance(rng.get("cuda"), list) and all(_bytes(s) for s in rng["cuda"])):
+        raise refuse("CUDA RNG states that are not a list of byte tensors")
+    data = state.get("data")
+    if data is not None and not (isinstance(data, dict) and {"count", "shape", "sha256"} <= set(data)):
+        raise refuse("a data fingerprint without count, shape and sha256")
+    return state
 
 
 def load_checkpoint(
@@ -243,7 +338,7 @@ def load_checkpoint(
 ) -> LoadedCheckpoint:
     """The model (EMA weights unless use_ema=False) and schedule of a checkpoint; `path` is a run
     folder (its newest checkpoint is used) or one checkpoint folder."""
-    checkpoint = find_checkpoint(path)
+    checkpoint = find_checkpoint(path, (CONFIG, EMA if use_ema else MODEL))
     run, step = read_config(checkpoint)
     model = UNet(run.model)
     load_weights(checkpoint / (EMA if use_ema else MODEL), model)

@@ -13,35 +13,44 @@ batch: every process reads the same global order and keeps its share (`ddim.dist
 and every random draw is made for the global batch, so N processes compute what one process
 does, and a checkpoint written with N processes resumes with M. Side effects (progress bar, CSV
 and TensorBoard logs, sample grids, checkpoints) happen only on rank 0 (`is_main_process()`).
+
+Nothing is lost: rank 0 holds the run folder's lock (`run_folder.RunFolder`); each step's
+checkpoint is written before its log line and sample grid; a non-finite loss or gradient stops
+the run before the optimizer uses it; SIGINT/SIGTERM (`stop.StopSignals`) and any error raised
+during a step save the last completed step first (`_rescue`), so `resume=True` continues it
+exactly. The pieces live beside it: `lr`, `batches` (data order and fingerprint), `state` (RNG
+and optimizer state), `log`, `preview` (sample grids).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import csv
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from ddim.config import RunConfig, resolve_device
-from ddim.data import build_dataset, random_flip
-from ddim.distributed import init_from_env, is_distributed, is_main_process, rank, shard, world_size
-from ddim.errors import BadValue
+from ddim.data import build_dataset
+from ddim.distributed import init_from_env, is_distributed, is_main_process, rank, world_size
+from ddim.errors import BadFile, BadValue, DdimError, NonFinite, Stopped, from_os_error
 from ddim.images import save_grid
 from ddim.models import UNet
 from ddim.noise import seed_for
 from ddim.objectives import diffusion_loss
+from ddim.training.batches import Batches, check_dataset, fingerprint
 from ddim.training.checkpoint import (
+    ALL_FILES,
     CHECKPOINTS,
     EMA,
     MODEL,
+    find_checkpoint,
     list_checkpoints,
     load_weights,
     read_config,
@@ -50,189 +59,20 @@ from ddim.training.checkpoint import (
     step_dir_name,
 )
 from ddim.training.ema import ema_decay_at, ema_update
+from ddim.training.log import TrainLog
+from ddim.training.lr import lr_at
 from ddim.training.preview import sample_images
+from ddim.training.run_folder import RunFolder
+from ddim.training.state import capture, restore
+from ddim.training.stop import StopSignals
 
 # keys of the independent random streams derived from the run's seed
 _DATA_ORDER, _NOISE, _AUGMENT = 1, 2, 3
-LOG_FIELDS = ("step", "loss", "lr", "grad_norm", "ema_decay", "images_per_s", "elapsed_s")
 
 
-def lr_at(step: int, base: float, warmup: int) -> float:
-    """Linear warm-up to `base` over the first `warmup` steps (Goyal et al. 2017, sec. 2.2), then
-    constant; `step` is 0-based, so step warmup - 1 is the first at the full rate."""
-    if warmup <= 0:
-        return base
-    return base * min(1.0, (step + 1) / warmup)
-
-
-class IndexStream:
-    """An endless, reproducible order of the indices 0..n-1: one random permutation per epoch,
-    epoch e's seeded by (seed, e). The examples at stream positions [p, p + k) are a function of
-    p alone, so resuming needs only the position and batches may span epochs."""
-
-    def __init__(self, n: int, seed: int):
-        if n < 1:
-            raise BadValue("the dataset is empty")
-        self.n, self.seed = n, seed
-        self._epoch, self._perm = -1, torch.empty(0, dtype=torch.int64)
-
-    def permutation(self, epoch: int) -> Tensor:
-        if epoch != self._epoch:
-            generator = torch.Generator().manual_seed(seed_for(self.seed, epoch))
-            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=generator)
-        return self._perm
-
-    def take(self, position: int, count: int) -> Tensor:
-        parts = []
-        while count > 0:
-            epoch, offset = divmod(position, self.n)
-            part = self.permutation(epoch)[offset : offset + count]
-            parts.append(part)
-            position, count = position + len(part), count - len(part)
-        return torch.cat(parts)
-
-
-class _StreamBatches(Sampler):
-    """A DataLoader batch sampler reading an IndexStream from a position, forever: global batches
-    of `batch` indices, of which it yields this process's share [lo, hi)."""
-
-    def __init__(self, stream: IndexStream, position: int, batch: int, share: tuple[int, int]):
-        self.stream, self.position, self.batch, self.share = stream, position, batch, share
-
-    def __iter__(self):
-        position, (lo, hi) = self.position, self.share
-        while True:
-            yield self.stream.take(position, self.batch)[lo:hi].tolist()
-            position += self.batch
-
-
-class Batches:
-    """Micro-batches (images, labels) on the CPU, in the stream's order from `position`: this
-    process's share of each global micro-batch of `batch` examples.
-
-    In-memory datasets (`.images` and `.labels` tensors) are indexed directly; others go through
-    a DataLoader. Flips (the dataset's `flip` flag) are drawn here, from `generator`, so they
-    depend neither on worker processes nor on the global RNG."""
-
-    def __init__(self, dataset: Dataset, seed: int, batch: int, position: int, num_workers: int = 0):
-        self.stream = IndexStream(len(dataset), seed)
-        self.batch, self.position = batch, position
-        self.share = shard(batch, "micro-batch (batch_size / grad_accum)")
-        self.flip = bool(getattr(dataset, "flip", False))
-        images, labels = getattr(dataset, "images", None), getattr(dataset, "labels", None)
-        self.in_memory = isinstance(images, Tensor) and isinstance(labels, Tensor)
-        if self.in_memory:
-            self.images, self.labels = images, labels
-        else:
-            if self.flip:
-                dataset = copy.copy(dataset)  # the caller's dataset keeps its flag
-                dataset.flip = False
-            sampler = _StreamBatches(self.stream, position, batch, self.share)
-            # a generator of its own, so that the loader never draws from torch's global RNG
-            generator = torch.Generator().manual_seed(seed)
-            loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, generator=generator)
-            self.loader = iter(loader)
-
-    def next(self, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        if self.in_memory:
-            idx = self.stream.take(self.position, self.batch)[self.share[0] : self.share[1]]
-            images, labels = self.images[idx], self.labels[idx]
-        else:
-            images, labels = next(self.loader)
-        self.position += self.batch
-        if self.flip:
-            images = random_flip(images, generator, shard=(rank(), world_size()))
-        return images, torch.as_tensor(labels)
-
-
-def _check_dataset(dataset: Dataset, run: RunConfig) -> tuple[int, ...]:
-    """The shape [C, H, W] of the dataset's images, after checking them against the model."""
-    images = getattr(dataset, "images", None)
-    shape = tuple(images.shape[1:]) if isinstance(images, Tensor) else tuple(dataset[0][0].shape)
-    cfg = run.model
-    if len(shape) != 3 or shape[0] != cfg.in_channels:
-        raise BadValue(
-            f"the dataset's images have shape {shape} but the model takes {cfg.in_channels} channel(s); "
-            "set model.in_channels (and out_channels) or data.channels to match"
-        )
-    data_classes = getattr(dataset, "num_classes", None)
-    if cfg.num_classes is not None and (data_classes is None or data_classes > cfg.num_classes):
-        raise BadValue(
-            f"the model is class-conditional with num_classes={cfg.num_classes} but the dataset has "
-            f"{'no labels' if data_classes is None else f'{data_classes} classes'}; set model.num_classes "
-            "to the dataset's number of classes, or to None for an unconditional model"
-        )
-    return shape
-
-
-class _Log:
-    """The CSV log (and TensorBoard when it imports) plus the running means between two lines."""
-
-    def __init__(self, out_dir: Path, start_step: int):
-        self.file = out_dir / "log.csv"
-        rows = []
-        if start_step > 0 and self.file.is_file():  # drop lines a crashed run wrote after its checkpoint
-            with self.file.open(newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start_step]
-        with self.file.open("w", newline="") as f:
-            writer = csv.DictWriter(f, LOG_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tensorboard = SummaryWriter(
-                out_dir / "tensorboard", purge_step=start_step + 1 if start_step else None
-            )
-        except ImportError:
-            self.tensorboard = None
-        self.started = time.perf_counter()
-        self.reset()
-
-    def reset(self) -> None:
-        self.loss_sum, self.steps, self.images, self.paused = 0.0, 0, 0, 0.0
-        self.since = time.perf_counter()
-
-    def add(self, loss: Tensor | float, images: int) -> None:
-        self.loss_sum, self.steps, self.images = self.loss_sum + loss, self.steps + 1, self.images + images
-
-    def write(self, step: int, **values: float) -> dict[str, float]:
-        now = time.perf_counter()
-        row = {
-            "step": step,
-            "loss": float(self.loss_sum) / max(self.steps, 1),  # float() waits for the device
-            **values,
-            "images_per_s": self.images / max(now - self.since - self.paused, 1e-9),
-            "elapsed_s": now - self.started,
-        }
-        with self.file.open("a", newline="") as f:
-            csv.DictWriter(f, LOG_FIELDS).writerow(row)
-        if self.tensorboard is not None:
-            for key in LOG_FIELDS[1:]:
-                self.tensorboard.add_scalar(key, row[key], step)
-        self.reset()
-        return row
-
-    def close(self) -> None:
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-
-
-def _rng_state(data_gen: torch.Generator, noise_gen: torch.Generator, device: torch.device) -> dict:
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
-        "data": data_gen.get_state(),
-        "noise": noise_gen.get_state(),
-    }
-
-
-def _set_rng_state(state: dict, data_gen: torch.Generator, noise_gen: torch.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    data_gen.set_state(state["data"])
-    noise_gen.set_state(state["noise"])
+def _finite(*modules: nn.Module) -> bool:
+    tensors = [t for m in modules for t in m.state_dict().values() if t.is_floating_point()]
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def train(
@@ -245,12 +85,29 @@ def train(
 ) -> Path:
     """Train `run` and write its logs, sample grids and checkpoints under `out_dir`; return the
     newest checkpoint folder. `dataset` (any Dataset under ddim.data's contract) replaces
-    `run.data`. With `resume`, continue from the newest checkpoint in `out_dir` (its model and
-    diffusion config must match `run`; `train.steps` may be raised to train longer); without it,
-    `out_dir` must hold no checkpoints. Seeds torch's global RNG with `train.seed`."""
-    cfg, out_dir = run.train, Path(out_dir)
-    device = init_from_env(resolve_device(cfg.device))
-    main, sharding = is_main_process(), (rank(), world_size())
+    `run.data`. With `resume`, continue from the newest intact checkpoint in `out_dir` (its model
+    and diffusion config and its data must match; `train.steps` may be raised to train longer);
+    without it, `out_dir` must hold no checkpoints. Seeds torch's global RNG with `train.seed`.
+    Raises `ddim.errors.Stopped` after saving on SIGINT/SIGTERM, and any error raised during a
+    step after saving the last completed step (its message then says where)."""
+    out_dir = Path(out_dir)
+    device = init_from_env(resolve_device(run.train.device))
+    with contextlib.ExitStack() as stack:
+        if is_main_process():  # one writer per run folder, checked writable before the work
+            stack.enter_context(RunFolder(out_dir, fresh=not resume))
+        try:
+            return _train(run, out_dir, device, resume, progress, dataset)
+        except OSError as e:
+            error = from_os_error(e)
+            if error is None:
+                raise
+            raise error from e
+
+
+def _train(
+    run: RunConfig, out_dir: Path, device: torch.device, resume: bool, progress: bool, dataset: Dataset | None
+) -> Path:
+    cfg, main, sharding = run.train, is_main_process(), (rank(), world_size())
     ckpt_root = out_dir / CHECKPOINTS
     existing = list_checkpoints(ckpt_root)
     if existing and not resume:
@@ -259,7 +116,8 @@ def train(
             "continue that run, or choose another output folder"
         )
     dataset = build_dataset(run.data) if dataset is None else dataset
-    shape = _check_dataset(dataset, run)
+    shape = check_dataset(dataset, run)
+    data_print = fingerprint(dataset)
     schedule = run.diffusion.make_schedule()
 
     torch.manual_seed(cfg.seed)
@@ -267,24 +125,31 @@ def train(
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     data_gen = torch.Generator().manual_seed(seed_for(cfg.seed, _AUGMENT))
     noise_gen = torch.Generator(device).manual_seed(seed_for(cfg.seed, _NOISE))
-    step, position, state = 0, 0, None
+    step, position, last_saved, state = 0, 0, None, None
     if resume and existing:
-        saved, step = read_config(existing[-1])
+        last_saved = find_checkpoint(out_dir, ALL_FILES)
+        saved, step = read_config(last_saved)
         if (saved.model, saved.diffusion) != (run.model, run.diffusion):
             raise BadValue(
-                f"{existing[-1]} was trained with another model or diffusion config; resume with the "
+                f"{last_saved} was trained with another model or diffusion config; resume with the "
                 "config saved in its config.json, or start a new run in another folder"
             )
-        load_weights(existing[-1] / MODEL, model)
-        load_weights(existing[-1] / EMA, ema)
-        state = read_state(existing[-1])
+        state = read_state(last_saved, step)
+        if state.get("data") is not None and state["data"] != data_print:
+            old = state["data"]
+            raise BadFile(
+                f"the data {run.data.dataset} ({data_print['count']} images of shape {data_print['shape']}) "
+                f"is not what {last_saved} was trained on ({old['count']} of shape {old['shape']}, another "
+                "hash); resume with the original data, or start a new run in another folder"
+            )
+        load_weights(last_saved / MODEL, model)
+        load_weights(last_saved / EMA, ema)
         position = state["data_position"]
     model.to(device).train()
     ema.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        _set_rng_state(state["rng"], data_gen, noise_gen)
+        restore(state, last_saved / "state.pt", optimizer, data_gen, noise_gen)
     batches = Batches(dataset, seed_for(cfg.seed, _DATA_ORDER), cfg.micro_batch, position, cfg.num_workers)
     params, ema_tensors = list(model.state_dict().values()), list(ema.state_dict().values())
     net = model
@@ -294,75 +159,133 @@ def train(
     num_classes = run.model.num_classes
     max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
 
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        log = _Log(out_dir, step)
+    def save(completed: dict) -> Path:
+        """Checkpoint the state `completed` (the model, EMA and optimizer must be at its step)."""
+        if not _finite(model, ema):
+            raise NonFinite(
+                f"the weights became non-finite by step {completed['step']}, so they were not saved; "
+                "lower --lr or raise --warmup-steps and resume from the newest checkpoint"
+            )
+        state = {**completed, "optimizer": optimizer.state_dict(), "data": data_print}
+        return save_checkpoint(
+            ckpt_root, completed["step"], run, model.state_dict(), ema.state_dict(), state, cfg.keep_last
+        )
+
+    completed = capture(step, batches.position, data_gen, noise_gen)  # the last completed step's state
+    consistent = True  # False only inside the optimizer and EMA updates
+    stop = StopSignals()
+    log = TrainLog(out_dir, step) if main else None
     bar = tqdm(
         total=cfg.steps, initial=step, disable=not (progress and main), unit="step", dynamic_ncols=True
     )
     try:
-        while step < cfg.steps:
-            lr = lr_at(step, cfg.lr, cfg.warmup_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            step_loss = 0.0
-            for micro in range(cfg.grad_accum):
-                x0, labels = batches.next(data_gen)
-                kwargs = None
-                if num_classes is not None:  # classifier-free guidance training (Ho & Salimans 2022)
-                    n, (r, k) = len(labels), sharding
-                    drop = torch.rand(n * k, generator=data_gen)[r * n : (r + 1) * n] < cfg.label_dropout
-                    kwargs = {"y": torch.where(drop, num_classes, labels).to(device)}
-                last = micro == cfg.grad_accum - 1
-                sync = net.no_sync() if net is not model and not last else contextlib.nullcontext()
-                with sync, autocast:
-                    loss = diffusion_loss(
-                        net,
-                        x0.to(device, non_blocking=True),
-                        schedule,
-                        prediction=run.diffusion.prediction,
-                        weighting=cfg.weighting,
-                        min_snr_gamma=cfg.min_snr_gamma,
-                        offset_noise=cfg.offset_noise,
-                        self_condition=run.model.self_condition,
-                        generator=noise_gen,
-                        model_kwargs=kwargs,
-                        shard=sharding,
-                    ).mean()
-                    (loss / cfg.grad_accum).backward()
-                step_loss = step_loss + loss.detach() / cfg.grad_accum
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-            optimizer.step()
-            decay = ema_decay_at(step, cfg.ema_decay, cfg.ema_warmup)
-            ema_update(ema_tensors, params, decay)
-            step += 1
-            bar.update(1)
-            if not main:
-                continue
-            log.add(step_loss, cfg.batch_size)
-            if (cfg.log_every and step % cfg.log_every == 0) or step == cfg.steps:
-                row = log.write(step, lr=lr, grad_norm=float(grad_norm), ema_decay=decay)
-                bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}")
-            paused_at = time.perf_counter()
-            if cfg.sample_every and step % cfg.sample_every == 0:
-                images = sample_images(ema, run, shape, device)
-                save_grid(images, out_dir / "samples" / f"{step_dir_name(step)}.png")
-            if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
-                train_state = {
-                    "step": step,
-                    "data_position": batches.position,
-                    "optimizer": optimizer.state_dict(),
-                    "rng": _rng_state(data_gen, noise_gen, device),
-                }
-                save_checkpoint(
-                    ckpt_root, step, run, model.state_dict(), ema.state_dict(), train_state, cfg.keep_last
-                )
-            log.paused += time.perf_counter() - paused_at
+        with stop:
+            while step < cfg.steps:
+                lr = lr_at(step, cfg.lr, cfg.warmup_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                optimizer.zero_grad(set_to_none=True)
+                step_loss = 0.0
+                for micro in range(cfg.grad_accum):
+                    x0, labels = batches.next(data_gen)
+                    kwargs = None
+                    if num_classes is not None:  # classifier-free guidance training (Ho & Salimans 2022)
+                        n, (r, k) = len(labels), sharding
+                        drop = torch.rand(n * k, generator=data_gen)[r * n : (r + 1) * n] < cfg.label_dropout
+                        kwargs = {"y": torch.where(drop, num_classes, labels).to(device)}
+                    last = micro == cfg.grad_accum - 1
+                    sync = net.no_sync() if net is not model and not last else contextlib.nullcontext()
+                    with sync, autocast:
+                        loss = diffusion_loss(
+                            net,
+                            x0.to(device, non_blocking=True),
+                            schedule,
+                            prediction=run.diffusion.prediction,
+                            weighting=cfg.weighting,
+                            min_snr_gamma=cfg.min_snr_gamma,
+                            offset_noise=cfg.offset_noise,
+                            self_condition=run.model.self_condition,
+                            generator=noise_gen,
+                            model_kwargs=kwargs,
+                            shard=sharding,
+                        ).mean()
+                        (loss / cfg.grad_accum).backward()
+                    step_loss = step_loss + loss.detach() / cfg.grad_accum
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+                # one sync a step: a non-finite loss or gradient, or a stop signal on any process
+                flags = torch.stack([~torch.isfinite(step_loss), ~torch.isfinite(grad_norm)]).float()
+                flags = torch.cat([flags, torch.tensor([float(stop.requested)], device=flags.device)])
+                if is_distributed():
+                    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+                bad_loss, bad_grad, stopping = flags.tolist()
+                if stopping:
+                    break  # this step is dropped; `completed` is the state to save
+                if bad_loss or bad_grad:
+                    raise NonFinite(
+                        f"the {'loss' if bad_loss else 'gradient norm'} at step {step + 1} is not finite "
+                        f"(loss {float(step_loss):.4g}, grad norm {float(grad_norm):.4g}): it diverged; "
+                        "lower --lr, raise --warmup-steps or check the data"
+                    )
+                consistent = False
+                optimizer.step()
+                decay = ema_decay_at(step, cfg.ema_decay, cfg.ema_warmup)
+                ema_update(ema_tensors, params, decay)
+                step += 1
+                completed, consistent = capture(step, batches.position, data_gen, noise_gen), True
+                bar.update(1)
+                if not main:
+                    continue
+                paused_at = time.perf_counter()
+                # the checkpoint first: whatever fails after it cannot lose this step
+                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
+                    last_saved = save(completed)
+                log.add(step_loss, cfg.batch_size)
+                if cfg.log_every and (step % cfg.log_every == 0 or step == cfg.steps):
+                    row = log.write(step, lr=lr, grad_norm=float(grad_norm), ema_decay=decay)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}")
+                if cfg.sample_every and step % cfg.sample_every == 0:
+                    images = sample_images(ema, run, shape, device)
+                    save_grid(images, out_dir / "samples" / f"{step_dir_name(step)}.png")
+                log.paused += time.perf_counter() - paused_at
+        if stop.requested:
+            note = _rescue(main, consistent, completed, last_saved, save)
+            if is_distributed():
+                dist.barrier()  # the other ranks wait for rank 0's checkpoint
+            raise Stopped(f"stopped by {stop.name}: {note}; continue with --resume", stop.signum)
+    except Stopped:
+        raise
+    except BaseException as e:
+        note = _rescue(main, consistent, completed, last_saved, save)
+        if isinstance(e, KeyboardInterrupt):
+            raise Stopped(f"interrupted: {note}; continue with --resume", stop.signum or 2) from None
+        if isinstance(e, OSError) and from_os_error(e) is not None:
+            raise BadFile(f"{from_os_error(e)}; {note}") from e
+        if isinstance(e, DdimError):
+            e.args = (f"{e}; {note}",)
+        elif isinstance(e, Exception):
+            e.add_note(f"ddim: {note}")
+        raise
     finally:
         bar.close()
-        if main:
+        if log is not None:
             log.close()
     if is_distributed():
         dist.barrier()  # the other ranks wait for rank 0's last checkpoint
-    return list_checkpoints(ckpt_root)[-1]
+    return last_saved
+
+
+def _rescue(main: bool, consistent: bool, completed: dict, last_saved: Path | None, save) -> str:
+    """Save the last completed step unless it is saved already; say where it is, in a few words."""
+    step = completed["step"]
+    newest = f"newest checkpoint: {last_saved}" if last_saved is not None else "no checkpoint was written"
+    if not main:
+        return "rank 0 saves the run's checkpoints"
+    if last_saved is not None and last_saved.name == step_dir_name(step):
+        return f"step {step} is saved in {last_saved}"
+    if not consistent or step == 0:
+        return newest
+    try:
+        return f"saved step {step} in {save(completed)}"
+    except BaseException as e:  # noqa: BLE001 - a failing save must not hide the first error
+        reason = from_os_error(e) if isinstance(e, OSError) else None
+        return f"could not save step {step} ({reason or e}); {newest}"
