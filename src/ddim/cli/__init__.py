@@ -2,20 +2,24 @@
 bench-samplers.
 
 Every subcommand has --help and --dry-run (print the resolved configuration as JSON, do no work).
-A user's error (a `ddim.errors.DdimError`) exits with status 2 and one line on stderr; a
-traceback means a bug in ddim.
+A user's error (a `ddim.errors.DdimError`, or an OSError that the user's disk or paths caused:
+disk full, permission denied, ...) exits with status 2 and one line on stderr; a training run
+stopped by SIGINT or SIGTERM saves its last completed step and exits 130 or 143. Any other
+exception keeps its traceback: it is a bug in ddim.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import NoReturn
 
 from ddim.cli import evaluate, generate, train
 from ddim.distributed import shutdown
-from ddim.errors import DdimError
+from ddim.errors import DdimError, from_os_error
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,15 +42,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line `argv` (default sys.argv[1:]); returns the exit status."""
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """ddim's own warnings (a skipped damaged checkpoint, ...) as one line on stderr."""
+    print(f"ddim: warning: {message}", file=sys.stderr if file is None else file)
+
+
+    """Run the command line `argv` (default sys.argv[1:]); returns the exit status: 0, 2 for a
+    user's error (a DdimError, or an OSError from the user's disk or paths, see
+    `ddim.errors.from_os_error`), 130 / 143 for a run stopped by SIGINT / SIGTERM after saving.
+    Any other exception propagates with its traceback: it is a bug in ddim."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.run(args)
+    if hasattr(signal, "SIGXFSZ"):  # past `ulimit -f`, a write fails with EFBIG instead of killing us
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            args.run(args)
         shutdown()
     except DdimError as e:  # what a user can cause; anything else is a bug and keeps its traceback
         print(f"ddim {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_status
+    except OSError as e:
+        error = from_os_error(e)
+        if error is None:
+            raise
+        print(f"ddim {args.command}: error: {error}", file=sys.stderr)
+        return error.exit_status
     except KeyboardInterrupt:
         print(f"ddim {args.command}: interrupted", file=sys.stderr)
         return 130
