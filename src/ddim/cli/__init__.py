@@ -41,21 +41,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """ddim's own warnings (a skipped damaged checkpoint, ...) as one line on stderr."""
     print(f"ddim: warning: {message}", file=sys.stderr if file is None else file)
 
 
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line `argv` (default sys.argv[1:]); returns the exit status: 0, 2 for a
     user's error (a DdimError, or an OSError from the user's disk or paths, see
     `ddim.errors.from_os_error`), 130 / 143 for a run stopped by SIGINT / SIGTERM after saving.
     Any other exception propagates with its traceback: it is a bug in ddim."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
     if hasattr(signal, "SIGXFSZ"):  # past `ulimit -f`, a write fails with EFBIG instead of killing us
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning
             args.run(args)
