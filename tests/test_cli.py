@@ -39,10 +39,8 @@ def grid_size(rows: int, cols: int, size: int = SIZE) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("cli") / "run"
-    assert run("train", "--data", "digits", "--out", out, *TINY, "--steps", "2", *QUIET) == 0
-    return out
+def run_dir(trained_run: Path) -> Path:
+    return trained_run  # conftest's one tiny run of the session: ddim train with TINY for 2 steps
 
 
 @pytest.fixture

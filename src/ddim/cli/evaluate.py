@@ -4,17 +4,20 @@ and `ddim bench-samplers` (each sampler at each budget of model calls, for one c
 from __future__ import annotations
 
 import argparse
+import json
+import os
 from pathlib import Path
 
 from ddim.cli._common import add_run_options, int_tuple, positive_int, print_json
 from ddim.config import resolve_device
-from ddim.errors import MissingFile
+from ddim.errors import BadValue, MissingFile, from_os_error
 from ddim.evaluation import InceptionFeatures, evaluate
 from ddim.evaluation.metrics import DEFAULT_CACHE
 from ddim.evaluation.sampler_bench import bench_samplers, write_report
 from ddim.samplers import SAMPLERS
 from ddim.timesteps import SPACINGS
 from ddim.training import load_checkpoint
+from ddim.training.run_folder import check_writable
 
 METRICS = ("fid", "kid", "precision", "recall")
 
@@ -66,10 +69,17 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "eval",
         help="FID, KID, precision and recall of samples against real data",
-        description="Score a set of images (an .npz written by `ddim sample --npz`) "
-        "against real data; every figure is printed beside its real-vs-real floor.",
+        description="Score a set of images (an .npz written by `ddim sample --npz`, or a folder of "
+        "images of one size) against real data; every figure is printed beside its real-vs-real "
+        "floor. Example: ddim eval --samples samples.npz --reference digits --json scores.json",
     )
-    p.add_argument("--samples", required=True, metavar="NPZ", help="images, as written by ddim sample --npz")
+    p.add_argument(
+        "--samples",
+        required=True,
+        metavar="NPZ_OR_DIR",
+        help="images: an .npz as written by ddim sample --npz, or a folder of images of one size",
+    )
+    p.add_argument("--json", metavar="FILE", help="also write the scores to this JSON file")
     _add_metric_options(p)
     add_run_options(p)
     p.set_defaults(run=run_eval)
@@ -118,9 +128,15 @@ def run_eval(args: argparse.Namespace) -> None:
     if args.dry_run:
         print_json(vars(args) | {"run": None})
         return
-    if not Path(args.samples).is_file():
+    if not Path(args.samples).exists():
         raise MissingFile(f"{args.samples} does not exist; write samples with `ddim sample --npz`")
+    if args.json:  # checked before the work: a folder where the file goes, a read-only folder
+        if Path(args.json).is_dir():
+            raise BadValue(f"--json {args.json} is a folder; pass a file name such as scores.json")
+        check_writable(Path(args.json).absolute().parent)
     scores = evaluate(args.samples, args.reference, **_metric_kwargs(args))
+    if args.json:
+        _write_json(Path(args.json), scores)
     print(
         f"{scores['n_samples']} samples against {scores['n_reference']} reference images "
         f"(floor: {scores['n_floor']} other reference images)"
@@ -128,6 +144,21 @@ def run_eval(args: argparse.Namespace) -> None:
     print("| metric | samples | real vs real |\n|---|---|---|")
     for name in METRICS:
         print(f"| {name} | {scores[name]:.4f} | {scores[name + '_floor']:.4f} |")
+    if args.json:
+        print(f"wrote {args.json}")
+
+
+def _write_json(path: Path, scores: dict) -> None:
+    """Write the scores atomically (a temporary file, then a rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(json.dumps(scores, indent=2) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        error = from_os_error(e, path)
+        if error is None:
+            raise
+        raise error from None
 
 
 def run_bench(args: argparse.Namespace) -> None:

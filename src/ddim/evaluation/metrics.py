@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ddim.data import DATASET_NAMES, load_dataset, normalize
-from ddim.errors import BadValue
+from ddim.data import DATASET_NAMES, ImageFolder, load_dataset, load_images, normalize
+from ddim.data.idx import is_idx_folder
+from ddim.errors import BadFile, BadValue, MissingFile
 from ddim.evaluation.features import FeatureFn, embed, get_features
 
 ArrayLike = Tensor | np.ndarray
@@ -148,23 +150,58 @@ def compute_metrics(
 
 
 def load_samples(samples: Tensor | str | os.PathLike) -> Tensor:
-    """Samples as float32 [N, C, H, W] in [-1, 1]. An .npz holds an array named "images" (as
-    `ddim generate --npz` writes) or "samples", or a single array of any name: uint8 [N, H, W, C]
-    or [N, H, W] (`ddim.data.to_uint8`'s layout), or floats [N, C, H, W] already in [-1, 1]."""
+    """Samples as float32 [N, C, H, W] in [-1, 1], from a tensor, a folder of images (all of one
+    size, decoded by `ddim.data.load_images`) or an .npz. An .npz holds an array named "images"
+    (as `ddim sample --npz` writes) or "samples", or a single array of any name: uint8
+    [N, H, W, C] or [N, H, W] (`ddim.data.to_uint8`'s layout), or floats [N, C, H, W] in [-1, 1]."""
     if isinstance(samples, Tensor):
         x = samples.detach().float().cpu()
+    elif Path(samples).is_dir():
+        x = load_images(samples)[0]
+    elif not Path(samples).is_file():
+        raise MissingFile(f"{samples} does not exist; pass an .npz (ddim sample --npz) or a folder of images")
     else:
-        with np.load(samples) as npz:
-            names = [k for k in ("images", "samples") if k in npz.files] or npz.files
-            if len(names) != 1:
-                raise BadValue(f"{samples} holds {npz.files}; expected 'images', 'samples' or a single array")
-            array = npz[names[0]]
+        array = _read_npz(Path(samples))
         x = torch.from_numpy(array)
         if x.dtype == torch.uint8:
             x = normalize(x.unsqueeze(-1) if x.ndim == 3 else x).movedim(-1, 1)
     if x.ndim != 4 or not x.is_floating_point():
         raise BadValue(f"samples must be images [N, C, H, W], got {x.dtype} of shape {tuple(x.shape)}")
     return x.float()
+
+
+def _read_npz(path: Path) -> np.ndarray:
+    """The images array of an .npz; a damaged or foreign file is one line naming it."""
+    try:
+        with np.load(path) as npz:
+            names = [k for k in ("images", "samples") if k in npz.files] or npz.files
+            if len(names) != 1:
+                raise BadFile(f"{path} holds {npz.files}; expected 'images', 'samples' or a single array")
+            return npz[names[0]]
+    except (OSError, ValueError, EOFError, AttributeError, zipfile.BadZipFile) as e:
+        if isinstance(e, BadFile):
+            raise
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise BadFile(
+            f"cannot read {path} as an .npz ({reason}); pass one written by ddim sample --npz"
+        ) from e
+
+
+def check_reference_size(reference: str | os.PathLike | Dataset, size: tuple[int, int]) -> None:
+    """Refuse samples whose size differs from a reference folder of images: scoring them would
+    resize the real images and measure the resizing. Named datasets and IDX folders are loaded
+    at the samples' size, as training loads them."""
+    if isinstance(reference, Dataset) or os.fspath(reference).lower().replace("_", "-") in DATASET_NAMES:
+        return
+    folder = Path(reference).expanduser()
+    if not folder.is_dir() or is_idx_folder(folder):
+        return
+    stored = ImageFolder(folder).stored_size
+    if stored != tuple(size):
+        raise BadValue(
+            f"the samples are {size[1]}x{size[0]} but the images in {folder} are {stored[1]}x{stored[0]}"
+            " (width x height); score samples of the reference's size"
+        )
 
 
 def _cache_path(cache_dir: Path, key: dict) -> Path:
@@ -247,10 +284,11 @@ def evaluate(
     """FID, KID (mean, std), precision and recall of `samples` against `reference`, each with its
     real-vs-real floor.
 
-    `samples`: images [N, C, H, W] in [-1, 1] or an .npz (see `load_samples`). `reference`: a
-    dataset name or folder (`ddim.data.load_dataset`, loaded at the samples' size and channels,
-    `split` and `root` passed on) or a `Dataset`. `features`: "digits", "inception" or a callable
-    (see `ddim.evaluation.features`).
+    `samples`: images [N, C, H, W] in [-1, 1], an .npz or a folder of images (see
+    `load_samples`). `reference`: a dataset name or folder (`ddim.data.load_dataset`, loaded at
+    the samples' size and channels, `split` and `root` passed on; a folder of images must hold
+    images of the samples' size, see `check_reference_size`) or a `Dataset`. `features`:
+    "digits", "inception" or a callable (see `ddim.evaluation.features`).
 
     The floor: `n_reference` reference images (capped at the dataset's size) are split into two
     disjoint halves, A and B. Each figure compares the samples with A; its "<name>_floor" compares
@@ -264,6 +302,7 @@ def evaluate(
     images = load_samples(samples)
     fn = get_features(features)
     size, channels = tuple(images.shape[-2:]), images.shape[1]
+    check_reference_size(reference, size)
     ref = reference_features(
         reference, fn, size=size, channels=channels, n_reference=n_reference, split=split, root=root,
         seed=seed, cache_dir=cache_dir, batch_size=batch_size,
