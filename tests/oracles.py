@@ -9,6 +9,7 @@ solution from x_T is x0 = mu + s (x_T - sqrt(a_T) mu) / sqrt(v_T).
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from ddim import NoiseSchedule
@@ -49,3 +50,22 @@ class GaussianOracle:
         """The exact probability-flow map x0 -> x_T (the inverse of `flow`)."""
         mu, s = self.mu.to(x0), self.s.to(x0)
         return a_T**0.5 * mu + (a_T * s**2 + 1 - a_T) ** 0.5 * (x0 - mu) / s
+
+
+# The problems the sampler tests share: a narrow one (coordinates of spread 0.05 to 1, where a
+# wrong x0 estimate shows) and a wide one (spread 2, where a wrong eps shows).
+SCHED = NoiseSchedule.linear(1000)
+MU = torch.tensor([0.5, -1.0, 2.0, 0.0], dtype=torch.float64)
+S = torch.tensor([0.3, 1.0, 0.1, 0.05], dtype=torch.float64)
+MU_W = torch.tensor([0.5, -1.0], dtype=torch.float64)
+S_W = torch.tensor([0.5, 2.0], dtype=torch.float64)
+
+
+def oracle(prediction: str = "eps", schedule: NoiseSchedule = SCHED, mu: Tensor = MU, s: Tensor = S):
+    """The exact denoiser of N(mu, s^2) data under `schedule`."""
+    return GaussianOracle(schedule, mu, s, prediction)
+
+
+def x_T(n: int = 64, d: int = 4, seed: int = 0, dtype: torch.dtype = torch.float64) -> Tensor:
+    """n seeded standard-normal starting points of d coordinates."""
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=dtype)
