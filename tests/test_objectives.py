@@ -89,27 +89,46 @@ def test_offset_noise_shifts_each_channel_by_a_constant():
     # noise + offset * N(0,1) per (example, channel): the channel means vary with variance ~ 1 + 1/16
     a = SCHED.alphas_cumprod[99].item()
     assert per_channel_mean.var().item() == pytest.approx((1 - a) * (1 + 1 / 16), rel=0.1)
+    # one offset per (example, channel), independent across channels: the two channel means of an
+    # example are uncorrelated (a per-example offset would correlate them at 1 / (1 + 1/16) = 0.94)
+    corr = torch.corrcoef(per_channel_mean.T)[0, 1].item()
+    assert abs(corr) < 0.1  # 4000 examples: standard error 0.016
+    # and constant over the pixels: within a channel, what is left is the white noise of variance 1
+    within = seen["x"] - seen["x"].mean((2, 3), keepdim=True)
+    assert within.var().item() == pytest.approx((1 - a) * 15 / 16, rel=0.02)
 
 
-def test_self_conditioning_feeds_the_models_own_estimate_to_half_the_batch():
+@pytest.mark.parametrize("prediction", ["x0", "eps", "v"])
+def test_self_conditioning_feeds_the_models_own_estimate_to_half_the_batch(prediction):
+    """The estimate fed back is x0, converted from the model's output (prediction.to_eps_x0)."""
     calls = []
 
     def model(x, t, cond):
-        calls.append(cond.clone())
+        calls.append((x.clone(), t.clone(), cond.clone()))
         return torch.full_like(x, 0.25)
 
+    x0 = torch.randn(400, 3, generator=torch.Generator().manual_seed(1))
     diffusion_loss(
         model,
-        torch.randn(400, 3),
+        x0,
         SCHED,
-        prediction="x0",
+        prediction=prediction,
         self_condition=True,
         generator=torch.Generator().manual_seed(0),
     )
-    first, second = calls
+    (x_t, t, first), (x_t2, t2, second) = calls
     assert torch.equal(first, torch.zeros_like(first))  # the estimate is made without conditioning
+    assert torch.equal(x_t, x_t2) and torch.equal(t, t2)  # both calls see the same x_t
     used = (second != 0).all(1)
-    assert 0.4 < used.float().mean() < 0.6 and torch.allclose(second[used], torch.tensor(0.25))
+    assert 0.4 < used.float().mean() < 0.6 and torch.equal(second[~used], torch.zeros_like(second[~used]))
+    a = SCHED.alphas_cumprod[t].float().view(-1, 1)
+    out = torch.full_like(x_t, 0.25)
+    x0_hat = {  # Ho et al. eq. 4 solved for x0 (DDIM eq. 12); Salimans & Ho 2022, sec. 4, for v
+        "x0": out,
+        "eps": (x_t - (1 - a).sqrt() * out) / a.sqrt(),
+        "v": a.sqrt() * x_t - (1 - a).sqrt() * out,
+    }[prediction]
+    torch.testing.assert_close(second[used], x0_hat[used], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -79,13 +79,30 @@ def test_predictor_clips_and_rederives_eps():
 def test_clip_ranges_and_dynamic_threshold():
     x0 = torch.linspace(-4, 4, 9).reshape(1, 9)
     assert clip_x0(x0, (0.0, 2.0)).min() == 0.0 and clip_x0(x0, (0.0, 2.0)).max() == 2.0
-    # Imagen: s = percentile of |x0| (>= 1); clamp to [-s, s] then divide by s -> within [-1, 1]
+    # Imagen: s = percentile of |x0| (>= 1); clamp to [-s, s] then divide by s. |3 x0| is
+    # 12, 9, 6, 3, 0, 3, 6, 9, 12, whose median is 6: clamp to [-6, 6], divide by 6
     d = dynamic_threshold(x0 * 3, percentile=0.5)
-    assert d.abs().max() == pytest.approx(1.0)
+    assert d.flatten().tolist() == [-1.0, -1.0, -1.0, -0.5, 0.0, 0.5, 1.0, 1.0, 1.0]
+    # the default percentile, 99.5, per example (linear interpolation, as torch/numpy quantile)
+    wide = torch.stack([torch.arange(1.0, 201.0), 2 * torch.arange(1.0, 201.0)])
+    s = torch.tensor([[199.005], [398.01]])  # the 99.5th percentile of 1..200 and of 2..400
+    torch.testing.assert_close(dynamic_threshold(wide), wide.clamp(-s, s) / s)
     small = torch.full((1, 4), 0.5)
     torch.testing.assert_close(dynamic_threshold(small), small)  # s clamps at 1: unchanged
     with pytest.raises(ValueError, match="clip must be"):
         clip_x0(x0, (2.0, 1.0))
+
+
+def test_dynamic_clip_through_the_predictor_rederives_eps():
+    """make_predictor(clip="dynamic"): x0 thresholded per example, eps re-derived from it."""
+    sched = NoiseSchedule.linear(10, 0.1, 0.2)
+    a = sched.alphas_cumprod[5].item()
+    x = torch.linspace(-1, 1, 6).reshape(2, 3)
+    out = torch.tensor([[4.0, -8.0, 2.0], [0.5, -0.25, 0.75]])  # a wild x0, and a tame one
+    eps, x0 = make_predictor(lambda x_t, t: out, sched, "x0", clip="dynamic")(x, 5)
+    torch.testing.assert_close(x0, dynamic_threshold(out))
+    assert x0.abs().max() == 1.0 and torch.equal(x0[1], out[1])  # s >= 1 leaves the tame one as is
+    torch.testing.assert_close(eps, (x - a**0.5 * x0) / (1 - a) ** 0.5)  # eq. 4 solved for eps
 
 
 def test_self_conditioning_passes_the_previous_estimate():
@@ -128,3 +145,19 @@ def test_classifier_free_guidance_per_example_and_at_scale_one():
     # the same example guided alone or in a batch gives the same output
     alone = classifier_free_guidance(model, y[1:], 2.0, 10)(x[1:], t[1:])
     torch.testing.assert_close(alone, out[1:])
+
+
+def test_guidance_passes_extra_inputs_to_both_passes():
+    """Extra inputs (a self-conditioning estimate) reach the conditional and the unconditional
+    pass, each example's with its own row."""
+    from ddim.prediction import classifier_free_guidance
+
+    def model(x, t, cond, y):  # output = cond + the label; class 10 is the null class
+        return cond + y.view(-1, 1).to(x.dtype)
+
+    x, t = torch.zeros(2, 3), torch.zeros(2, dtype=torch.long)
+    cond = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    y = torch.tensor([3, 7])
+    out = classifier_free_guidance(model, y, 2.0, 10)(x, t, cond)
+    # uncond = cond + 10, conditional = cond + y: uncond + 2 (cond + y - uncond) = cond + 2 y - 10
+    torch.testing.assert_close(out, cond + 2 * y.view(-1, 1).double() - 10)
