@@ -12,8 +12,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from ddim.config import DiffusionConfig, RunConfig, TrainConfig, resolve_device
+from ddim.config import DiffusionConfig, RunConfig, TrainConfig
 from ddim.data import DataConfig, TensorImageDataset, WrappedDataset, load_dataset
+from ddim.device import resolve_device
 from ddim.errors import BadValue
 from ddim.models import UNetConfig
 from ddim.training import ema_decay_at, ema_update, lr_at, train

@@ -1,6 +1,7 @@
 """ddim: denoising diffusion models. DDPM training; DDIM and higher-order sampling, inversion,
 interpolation; metrics."""
 
+from ddim.device import resolve_device  # first import: it sets OMP_WAIT_POLICY before torch
 from ddim.noise import PerSampleNoise
 from ddim.objectives import diffusion_loss
 from ddim.prediction import Prediction, classifier_free_guidance, make_predictor
@@ -21,6 +22,7 @@ __all__ = [
     "invert",
     "make_predictor",
     "make_timesteps",
+    "resolve_device",
     "sample",
     "sample_seeded",
     "slerp",

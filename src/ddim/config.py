@@ -6,7 +6,7 @@ Every config round-trips through JSON: `RunConfig.from_dict(json.loads(json.dump
 checks every field of every section against its type hint (`check_types`) and each section's own
 `__post_init__` checks ranges (finite numbers included), raising `BadValue` naming the field.
 `from_dict` also refuses unknown and missing keys; only `fill_defaults=True` (a checkpoint
-format upgrade) fills missing keys with defaults. Also owns `resolve_device`.
+format upgrade) fills missing keys with defaults.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ import typing
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
-
-import torch
 
 from ddim.data import DataConfig
 from ddim.errors import BadValue
@@ -259,29 +257,3 @@ def _build(cls: type, d: Any, where: str, fill_defaults: bool) -> Any:
         return cls(**values)
     except BadValue as e:
         raise BadValue(f"invalid {where} config: {e}") from e
-
-
-def resolve_device(name: str) -> torch.device:
-    """The device named, after checking that torch can compute on it: "auto" is CUDA when
-    available, else the CPU; or "cpu", "cuda", "cuda:N", "mps"."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    fix = "use 'auto', 'cpu', 'cuda' or 'cuda:N'"
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise BadValue(f"unknown device {name!r}; {fix}") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        _check(count > 0, f"device {name!r} requested but CUDA is not available; use 'cpu' or 'auto'")
-        _check(
-            device.index is None or device.index < count,
-            f"device {name!r} does not exist: there are {count} CUDA device(s), cuda:0 to cuda:{count - 1}",
-        )
-    elif device.type == "mps":
-        _check(
-            torch.backends.mps.is_available(), f"device {name!r} requested but MPS is not available; {fix}"
-        )
-    else:
-        _check(device.type == "cpu", f"device {name!r} cannot run training or sampling; {fix}")
-    return device

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from ddim.config import RunConfig, resolve_device
+from ddim.config import RunConfig
+from ddim.device import resolve_device
 from ddim.distributed import init_from_env, is_main_process
 from ddim.errors import BadValue
 from ddim.noise import PerSampleNoise

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from ddim.cli._common import add_run_options, int_tuple, positive_int, print_json
-from ddim.config import resolve_device
+from ddim.device import resolve_device
 from ddim.errors import BadValue, MissingFile, from_os_error
 from ddim.evaluation import InceptionFeatures, evaluate
 from ddim.evaluation.metrics import DEFAULT_CACHE

@@ -29,8 +29,9 @@ from ddim.cli._common import (
     print_json,
     trajectory,
 )
-from ddim.config import RunConfig, resolve_device
+from ddim.config import RunConfig
 from ddim.data import load_dataset, to_uint8
+from ddim.device import resolve_device
 from ddim.diffusers_compat import is_diffusers_folder, load_diffusers
 from ddim.distributed import gather_on_main, init_from_env, is_main_process, split_range
 from ddim.errors import BadValue, MissingFile

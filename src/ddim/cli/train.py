@@ -28,8 +28,9 @@ from ddim.cli._common import (
     trajectory,
     unit_float,
 )
-from ddim.config import DiffusionConfig, RunConfig, TrainConfig, resolve_device
+from ddim.config import DiffusionConfig, RunConfig, TrainConfig
 from ddim.data import DataConfig, build_dataset
+from ddim.device import resolve_device
 from ddim.errors import BadValue
 from ddim.images import save_grid, save_trajectory_strip
 from ddim.models import UNetConfig

@@ -36,8 +36,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from ddim.config import RunConfig, resolve_device
+from ddim.config import RunConfig
 from ddim.data import build_dataset
+from ddim.device import resolve_device
 from ddim.distributed import init_from_env, is_distributed, is_main_process, rank, world_size
 from ddim.errors import BadFile, BadValue, DdimError, NonFinite, Stopped, from_os_error
 from ddim.images import save_grid

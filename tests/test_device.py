@@ -1,0 +1,75 @@
+"""Devices and threads: resolve_device's checks, the CPU count from affinity and the cgroup quota
+(v2 and v1 files written to a temporary folder), and the thread choice on a busy machine."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ddim.device import cgroup_cpu_limit, choose_threads, resolve_device, thread_count, usable_cpus
+from ddim.errors import BadValue
+
+
+def test_resolve_device():
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(BadValue, match="unknown device"):
+        resolve_device("gpu")
+    for name in ("meta", "xla", "cuda:99"):  # devices torch names but cannot train on here
+        with pytest.raises(BadValue, match=repr(name)):
+            resolve_device(name)
+
+
+def test_cgroup_v2_and_v1_quota(tmp_path):
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_cpu_limit(tmp_path) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_limit(tmp_path) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("50000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_limit(v1) == 0.5
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cgroup_cpu_limit(v1) is None
+    assert cgroup_cpu_limit(tmp_path / "missing") is None
+
+
+def test_usable_cpus_takes_the_smaller_of_affinity_and_quota(tmp_path):
+    mask = len(os.sched_getaffinity(0))
+    (tmp_path / "cpu.max").write_text("50000 100000\n")  # half a CPU: still one thread
+    assert usable_cpus(tmp_path) == 1
+    (tmp_path / "cpu.max").write_text(f"{(mask + 8) * 100000} 100000\n")
+    assert usable_cpus(tmp_path) == mask
+
+
+@pytest.mark.parametrize(
+    "cpus, load, expected", [(2, 0.0, 2), (2, 0.9, 1), (2, 1.4, 1), (2, 6.0, 1), (8, 2.2, 6), (4, None, 4)]
+)
+def test_threads_leave_busy_cpus_alone(cpus, load, expected):
+    assert thread_count(cpus, load) == expected
+
+
+def test_choose_threads_sets_torch(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        assert choose_threads(1) == 1 and torch.get_num_threads() == 1
+        monkeypatch.setenv("DDIM_THREADS", "2")
+        assert choose_threads() == 2 and torch.get_num_threads() == 2
+        monkeypatch.setenv("DDIM_THREADS", "zero")
+        with pytest.raises(BadValue, match="DDIM_THREADS"):
+            choose_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_importing_ddim_sets_a_passive_wait_before_torch_starts():
+    code = "import os, ddim, torch; print(os.environ.get('OMP_WAIT_POLICY'))"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert run.stdout.split() == ["PASSIVE"]
+    code = "import torch, os, ddim; print(os.environ.get('OMP_WAIT_POLICY'))"  # torch first: too late
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert run.stdout.split() == ["None"]
