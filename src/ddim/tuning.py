@@ -61,7 +61,8 @@ def steps_for(sampler: str, calls: int) -> int:
 
 
 class _PrefixCache:
-    """model(x, t, *extra) with outputs cached by (call index, grid down to t) of the current run."""
+    """model(x, t, *extra) with outputs cached by (call index, grid down to t) of the current run:
+    one cache per sampler (the same key means the same x only for the same update rule)."""
 
     def __init__(self, model: Callable[..., Tensor], limit: int = 4096):
         self.model, self.limit, self.store = model, limit, {}
