@@ -5,7 +5,7 @@ scheduler config, read as a model callable, a NoiseSchedule and a prediction tar
 Either layout is recognised: a pipeline folder (`unet/` and `scheduler/scheduler_config.json`)
 or a bare UNet folder (with `scheduler_config.json` beside it, else diffusers' defaults). Weights
 are read from safetensors only, so loading runs no code from the files. diffusers itself is an
-optional dependency, imported only here.
+optional dependency (`pip install "ddim[diffusers]"`), imported only here.
 """
 
 from __future__ import annotations
@@ -21,20 +21,25 @@ from ddim.errors import BadValue, MissingFile
 from ddim.schedule import NoiseSchedule
 
 PREDICTION_TYPES = {"epsilon": "eps", "v_prediction": "v", "sample": "x0"}
+DIFFUSERS_EXTRA = 'pip install "ddim[diffusers]"'
 
 
 def _unet_dir(path: Path) -> Path:
     return path / "unet" if (path / "unet" / "config.json").is_file() else path
 
 
-def is_diffusers_folder(path: str | Path) -> bool:
+def diffusers_unet_config(path: str | Path) -> dict:
+    """The UNet's config.json under `path` ({} when there is none or it does not parse)."""
     config = _unet_dir(Path(path)) / "config.json"
-    if not config.is_file():
-        return False
     try:
-        return json.loads(config.read_text()).get("_class_name") == "UNet2DModel"
+        data = json.loads(config.read_text()) if config.is_file() else {}
     except (OSError, ValueError):
-        return False
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def is_diffusers_folder(path: str | Path) -> bool:
+    return diffusers_unet_config(path).get("_class_name") == "UNet2DModel"
 
 
 def schedule_from_config(config: dict) -> tuple[NoiseSchedule, str]:
@@ -83,6 +88,8 @@ class DiffusersCheckpoint:
     prediction: str
     image_shape: tuple[int, int, int]  # (C, H, W)
     path: Path
+    weight_files: tuple[Path, ...]  # the safetensors files the weights came from
+    clip: float | None = 1.0  # images in [-1, 1]: the scheduler's clip_sample_range, None without clip_sample
     self_condition: bool = False  # what ddim's own checkpoints also say, for the CLI
     num_classes: int | None = None
 
@@ -93,7 +100,9 @@ def load_diffusers(path: str | Path, device: str | torch.device = "cpu") -> Diff
     try:
         from diffusers import UNet2DModel
     except ImportError as e:
-        raise ImportError(f"{path} is a diffusers checkpoint: `pip install diffusers` to load it") from e
+        raise BadValue(
+            f"{path} is a diffusers checkpoint; loading it needs diffusers: {DIFFUSERS_EXTRA}"
+        ) from e
     unet_dir = _unet_dir(path)
     if not any(unet_dir.glob("*.safetensors")):
         raise MissingFile(
@@ -110,10 +119,11 @@ def load_diffusers(path: str | Path, device: str | torch.device = "cpu") -> Diff
         ),
         None,
     )
-    schedule, prediction = schedule_from_config(
-        json.loads(scheduler_file.read_text()) if scheduler_file else {}
-    )
+    scheduler = json.loads(scheduler_file.read_text()) if scheduler_file else {}
+    schedule, prediction = schedule_from_config(scheduler)
+    clip = scheduler.get("clip_sample_range", 1.0) if scheduler.get("clip_sample", True) else None
     size = unet.config.sample_size
     hw = (size, size) if isinstance(size, int) else tuple(size)
     model = DiffusersUNet(unet).to(device).eval().requires_grad_(False)
-    return DiffusersCheckpoint(model, schedule, prediction, (unet.config.in_channels, *hw), path)
+    files = tuple(sorted(unet_dir.glob("*.safetensors")))
+    return DiffusersCheckpoint(model, schedule, prediction, (unet.config.in_channels, *hw), path, files, clip)

@@ -14,9 +14,9 @@ from ddim.errors import BadValue, MissingFile, from_os_error
 from ddim.evaluation import InceptionFeatures, evaluate
 from ddim.evaluation.metrics import DEFAULT_CACHE
 from ddim.evaluation.sampler_bench import bench_samplers, write_report
+from ddim.pipeline import load
 from ddim.samplers import SAMPLERS
 from ddim.timesteps import SPACINGS
-from ddim.training import load_checkpoint
 from ddim.training.run_folder import check_writable
 
 METRICS = ("fid", "kid", "precision", "recall")
@@ -165,21 +165,21 @@ def run_bench(args: argparse.Namespace) -> None:
     if args.dry_run:
         print_json(vars(args) | {"run": None})
         return
-    device = resolve_device(args.device)
-    ckpt = load_checkpoint(args.checkpoint, device=device)
+    pipe = load(args.checkpoint, device=resolve_device(args.device))  # a ddim run or a diffusers folder
     kwargs = _metric_kwargs(args)
     rows = bench_samplers(
-        ckpt.model,
-        ckpt.schedule,
-        ckpt.image_shape,
+        pipe.model,
+        pipe.schedule,
+        pipe.image_shape,
         args.reference,
         samplers=args.samplers,
         calls=args.calls,
         n=args.n,
-        prediction=ckpt.prediction,
+        prediction=pipe.prediction,
+        self_condition=pipe.self_condition,
         seed=args.seed,
         batch_size=args.batch_size,
-        device=device,
+        device=pipe.device,
         **kwargs,
     )
     files = write_report(rows, args.out)

@@ -1,55 +1,51 @@
-"""`ddim sample`, `ddim invert` and `ddim interpolate`: from a trained checkpoint to images, from
-images back to their DDIM latents, and along the great circle between two latents."""
+"""`ddim sample`, `ddim invert` and `ddim interpolate`: from a trained model to images, from images
+to latents and back, and between two images, latents or seeds. Each maps its flags onto the
+pipeline (`ddim.load`), so Python gives the same images for the same options and seed."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
-from torch import Tensor
-from torch.utils.data import Dataset, TensorDataset
 
 from ddim.cli._common import (
     TRAJECTORY_SAMPLES,
-    Sampling,
     add_checkpoint_options,
     add_clip_option,
-    decode,
-    generate,
-    inference,
-    load,
-    locate,
+    dry_run,
     non_negative_float,
     non_negative_int,
+    open_pipeline,
     positive_int,
-    print_json,
-    trajectory,
+    seed,
 )
-from ddim.config import RunConfig
-from ddim.data import load_dataset, to_uint8
-from ddim.device import resolve_device
-from ddim.diffusers_compat import is_diffusers_folder, load_diffusers
-from ddim.distributed import gather_on_main, init_from_env, is_main_process, split_range
+from ddim.cli.outputs import NpzWriter, check_file, check_folder, write_pngs
+from ddim.data import to_uint8
+from ddim.distributed import gather_on_main, is_distributed, is_main_process, split_range
 from ddim.errors import BadValue, MissingFile
 from ddim.images import save_grid, save_trajectory_strip
-from ddim.noise import PerSampleNoise
-from ddim.samplers import DEFAULT_SPACINGS, SAMPLERS, slerp
-from ddim.sampling import invert
+from ddim.inputs import read_images
+from ddim.latents import Latents
+from ddim.pipeline import CHECKPOINT_CLIP, EXACT_INVERTIBLE, INVERT_SAMPLER, Pipeline, describe
+from ddim.samplers import SAMPLERS
+
+GRID_MAX = 256  # the grid shows at most this many images (the npz and --out-dir hold all)
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "sample",
-        help="draw images from a trained model",
-        description="Draw --n images from a checkpoint and save them as a grid (and optionally as an npz "
-        "array and a strip of the sampling trajectory). Image i depends only on --seed and i.",
+        help="draw images from a trained model, or decode saved latents",
+        description="Draw --n images from a checkpoint, or decode the --latents that `ddim invert` wrote, "
+        "and save them as a grid (and an npz array, one PNG each, a trajectory strip). Image i depends only "
+        "on --seed and i. Example: ddim sample --checkpoint runs/mnist --n 64 --steps 50 --out grid.png",
     )
-    add_checkpoint_options(p)
-    add_clip_option(p)
+    add_checkpoint_options(
+        p, "sampling steps (default 50; with --latents, the steps they were inverted with)"
+    )
+    add_clip_option(p, "the checkpoint's data range; with --latents none, so that they decode exactly")
     p.add_argument(
         "--n",
         "--num-samples",
@@ -60,9 +56,17 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "an abbreviation of its own options",
     )
     p.add_argument(
-        "--eta", type=non_negative_float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like"
+        "--eta",
+        type=non_negative_float,
+        default=0.0,
+        help="DDIM eta: 0 deterministic, 1 DDPM-like (default 0)",
     )
-    p.add_argument("--sampler", choices=list(SAMPLERS), default="ddim", help="update rule (default ddim)")
+    p.add_argument(
+        "--sampler", choices=list(SAMPLERS), help="update rule (default ddim; with --latents, theirs)"
+    )
+    p.add_argument(
+        "--latents", metavar="NPZ", help="decode these latents (from `ddim invert`) instead of noise"
+    )
     p.add_argument(
         "--class", dest="label", type=non_negative_int, help="class to sample from a --conditional model"
     )
@@ -72,9 +76,14 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         default=1.0,
         help="classifier-free guidance scale with --class (Ho & Salimans 2022; 1: none, default 1)",
     )
-    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the initial noise (default 0)")
-    p.add_argument("--out", default="grid.png", help="grid PNG to write (default grid.png)")
-    p.add_argument("--npz", help="also save the images as a uint8 array 'images' [N, H, W, C]")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the noise (default 0)")
+    p.add_argument(
+        "--out", default="grid.png", help=f"grid PNG of the first {GRID_MAX} images (default grid.png)"
+    )
+    p.add_argument("--npz", help="also save the images as a uint8 array 'images' [N, H, W, C] (streamed)")
+    p.add_argument(
+        "--out-dir", metavar="DIR", help="also save one PNG per image, named seed{SEED}-{INDEX}.png"
+    )
     p.add_argument(
         "--trajectory",
         metavar="PNG",
@@ -84,13 +93,24 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
     p = commands.add_parser(
         "invert",
-        help="encode images to latents x_T by DDIM inversion",
-        description="Run deterministic DDIM backwards from images to latents x_T, save them, and report how "
-        "well DDIM (eta = 0) decodes them back.",
+        help="encode images to latents (exactly, with an exact sampler)",
+        description="Run a deterministic sampler backwards from images to latents and save them in an npz "
+        "that `ddim sample --latents` decodes with no repeated flags; report how well they decode back. "
+        "Example: ddim invert --checkpoint runs/mnist --images digits/ --out latents.npz",
     )
     add_checkpoint_options(p)
     p.add_argument("--images", required=True, metavar="PATH", help="a folder of images or one image file")
-    p.add_argument("--out", default="latents.npz", help="npz to write, with 'latents' float32 [N, C, H, W]")
+    p.add_argument(
+        "--sampler",
+        choices=["ddim", *EXACT_INVERTIBLE],
+        default=INVERT_SAMPLER,
+        help=f"the sampler to invert (default {INVERT_SAMPLER}; {', '.join(EXACT_INVERTIBLE) or 'none'}: "
+        "exact round trips; ddim: DDIM inversion, approximate)",
+    )
+    p.add_argument(
+        "--refine", type=non_negative_int, default=0, help="fixed-point refinements of DDIM inversion"
+    )
+    p.add_argument("--out", default="latents.npz", help="npz to write (default latents.npz)")
     p.add_argument(
         "--reconstruction",
         metavar="PNG",
@@ -100,126 +120,185 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
 
     p = commands.add_parser(
         "interpolate",
-        help="decode a spherical interpolation between two seeds' latents",
-        description="Slerp between x_T of two seeds and decode each point with DDIM (eta = 0) into one row.",
+        help="decode the interpolation between two images, two inverted latents or two seeds",
+        description="Invert two images (--images), take two of saved latents (--latents --pair), or take the "
+        "x_T of two seeds (--seeds); interpolate (slerp, or the exact sampler's analogue) and decode each "
+        "point into one row; the ends reproduce the inputs. Example: ddim interpolate --checkpoint "
+        "runs/mnist --images a.png b.png --n 9 --out strip.png",
     )
     add_checkpoint_options(p)
-    add_clip_option(p)
+    add_clip_option(p, "the checkpoint's data range for --seeds, none for images and latents")
+    ends = p.add_mutually_exclusive_group()
+    ends.add_argument("--seeds", type=seed, nargs=2, metavar=("A", "B"), help="two seeds (default 0 1)")
+    ends.add_argument("--images", nargs=2, metavar=("A", "B"), help="two image files")
+    ends.add_argument("--latents", metavar="NPZ", help="latents from `ddim invert`, with --pair")
     p.add_argument(
-        "--seeds", type=non_negative_int, nargs=2, default=(0, 1), metavar=("A", "B"), help="(default 0 1)"
+        "--pair", type=non_negative_int, nargs=2, metavar=("I", "J"), help="two indices of --latents"
+    )
+    p.add_argument(
+        "--sampler",
+        choices=["ddim", *EXACT_INVERTIBLE],
+        help=f"the sampler for --images (default {INVERT_SAMPLER})",
     )
     p.add_argument("--n", type=positive_int, default=9, help="images in the row, ends included (default 9)")
     p.add_argument("--out", default="interp.png", help="PNG to write (default interp.png)")
+    p.add_argument("--npz", help="also save the row as a uint8 array 'images' [N, H, W, C]")
     p.set_defaults(run=run_interpolate)
 
 
-def _dry_run(args: argparse.Namespace, folder: Path, run: RunConfig, step: int, **extra: Any) -> bool:
-    """With --dry-run, print the command's options and the checkpoint's config as JSON."""
-    if args.dry_run:
-        options = {k: v for k, v in vars(args).items() if k not in ("run", "dry_run")}
-        print_json({**options, **extra, "checkpoint": folder, "step": step, "run": run.to_dict()})
-    return args.dry_run
+def _save(images: torch.Tensor, out, npz, nrow: int | None = None) -> None:
+    """Data first, then the picture."""
+    if npz:
+        np.savez(npz, images=to_uint8(images))
+        print(f"wrote {npz}")
+    print(f"wrote {save_grid(images, out, nrow=nrow)}")
+
+
+def _stream(pipe: Pipeline, args: argparse.Namespace, options: dict) -> torch.Tensor:
+    """The --n images in batches: each batch to the npz, then to --out-dir; returns the first
+    GRID_MAX for the grid. Under torchrun each rank makes its share and rank 0 writes them all."""
+    shape = (args.n, *pipe.image_shape[1:], pipe.image_shape[0])
+    if is_distributed():
+        first, stop = split_range(args.n)
+        part = pipe.sample(stop - first, start=first, output="tensor", progress=is_main_process(), **options)
+        images = gather_on_main(part)
+        if is_main_process():
+            if args.npz:
+                with NpzWriter(args.npz, shape) as writer:
+                    writer.write(to_uint8(images))
+                    writer.close()
+            if args.out_dir:
+                write_pngs(to_uint8(images), args.out_dir, args.seed, 0)
+        return images[:GRID_MAX] if images is not None else None
+    grid, start = [], 0
+    writer = NpzWriter(args.npz, shape) if args.npz else None
+    try:
+        for batch in pipe.sample_batches(args.n, output="tensor", **options):
+            pixels = to_uint8(batch)
+            if writer:
+                writer.write(pixels)
+            if args.out_dir:
+                write_pngs(pixels, args.out_dir, args.seed, start)
+            if start < GRID_MAX:
+                grid.append(batch[: GRID_MAX - start])
+            start += len(batch)
+        if writer:
+            writer.close()
+    except BaseException:
+        if writer:
+            writer.abort()
+        raise
+    return torch.cat(grid)
 
 
 def run_sample(args: argparse.Namespace) -> None:
-    if is_diffusers_folder(args.checkpoint):  # a diffusers UNet2DModel (+ scheduler config) folder
-        if args.dry_run:
-            print_json({k: v for k, v in vars(args).items() if k not in ("run", "dry_run")})
-            return
-        checkpoint = load_diffusers(args.checkpoint, init_from_env(resolve_device(args.device)))
-    else:
-        folder, run, step = locate(args)
-        if _dry_run(args, folder, run, step):
-            return
-        checkpoint = load(args, folder)
-    if args.label is not None and (checkpoint.num_classes is None or args.label >= checkpoint.num_classes):
-        have = (
-            "is unconditional" if checkpoint.num_classes is None else f"has {checkpoint.num_classes} classes"
+    check_file(args.out, "--out", ".png")
+    check_file(args.npz, "--npz", ".npz")
+    check_file(args.trajectory, "--trajectory", ".png")
+    args.out_dir = check_folder(args.out_dir, "--out-dir")
+    if args.latents and (args.label is not None or args.eta):
+        raise BadValue("--latents decodes saved latents deterministically; drop --class and --eta")
+    if args.latents and not Path(args.latents).is_file():
+        raise MissingFile(f"--latents {args.latents} does not exist; write latents with `ddim invert`")
+    if dry_run(args):
+        return
+    pipe = open_pipeline(args)
+    if args.latents:
+        latents = Latents.load(args.latents)
+        clip = None if args.clip is CHECKPOINT_CLIP else args.clip
+        images = pipe.decode(
+            latents,
+            steps=args.steps,
+            sampler=args.sampler,
+            spacing=args.spacing,
+            clip=clip,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            output="tensor",
         )
-        raise BadValue(f"--class {args.label}: the model {have}; train with --conditional, or drop --class")
-    if args.guidance != 1.0 and args.label is None:
-        raise BadValue("--guidance needs --class: guidance steers towards a class")
-    options = Sampling(args.steps, args.eta, args.sampler, args.spacing, args.clip, args.bf16,
-                       args.label, args.guidance)  # fmt: skip
-    first, stop = split_range(args.n)  # this process's share under torchrun; all of it otherwise
-    images = gather_on_main(generate(checkpoint, stop - first, args.seed, args.batch_size, options, first))
+        _save(images, args.out, args.npz)
+        return
+    options = dict(
+        steps=args.steps,
+        seed=args.seed,
+        eta=args.eta,
+        sampler=args.sampler or "ddim",
+        spacing=args.spacing,
+        clip=args.clip,
+        label=args.label,
+        guidance=args.guidance,
+    )
+    grid = _stream(pipe, args, dict(options, batch_size=args.batch_size))
     if not is_main_process():
         return
-    print(f"wrote {save_grid(images, args.out)} ({args.n} images, {args.steps} {args.sampler} steps)")
     if args.npz:
-        np.savez(args.npz, images=to_uint8(images))
-        print(f"wrote {args.npz}")
-    if args.trajectory:
-        steps = trajectory(checkpoint, min(args.n, TRAJECTORY_SAMPLES), args.seed, options)
-        print(
-            f"wrote {save_trajectory_strip(steps.xs.float().cpu(), steps.x0s.float().cpu(), args.trajectory)}"
-        )
-
-
-def _load_images(path: str, size: tuple[int, int], channels: int) -> Dataset:
-    """A folder of images or a single image file, resized and converted like the training data."""
-    file = Path(path)
-    if not file.exists():
-        raise MissingFile(f"{file} does not exist; pass a folder of images or an image file")
-    if file.is_dir():
-        return load_dataset(file, size=size, channels=channels)
-    try:
-        with Image.open(file) as image:
-            pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1)
-    except OSError as e:
-        raise BadValue(f"cannot read image {file} ({e})") from e
-    return load_dataset(TensorDataset(pixels.unsqueeze(0)), size=size, channels=channels)
+        print(f"wrote {args.npz} ({args.n} images)")
+    if args.out_dir:
+        print(f"wrote {args.n} PNGs to {args.out_dir}")
+    steps = pipe.trajectory(min(args.n, TRAJECTORY_SAMPLES), **options) if args.trajectory else None
+    shown = "" if args.n <= GRID_MAX else f", the first {GRID_MAX} shown"
+    print(f"wrote {save_grid(grid, args.out)} ({args.n} images{shown}, {options['sampler']})")
+    if steps is not None:
+        print(f"wrote {save_trajectory_strip(steps.xs, steps.x0s, args.trajectory)}")
 
 
 def run_invert(args: argparse.Namespace) -> None:
-    folder, run, step = locate(args)
-    channels, height, width = run.image_shape()
-    dataset = _load_images(args.images, (height, width), channels)
-    if _dry_run(args, folder, run, step, num_images=len(dataset)):
-        return
-    checkpoint = load(args, folder)
-    x0 = torch.stack([dataset[i][0] for i in range(len(dataset))])
-    spacing = args.spacing or DEFAULT_SPACINGS["ddim"]  # the grid the decoder (DDIM) walks
-    latents = []
-    for batch in x0.split(args.batch_size):
-        with inference(checkpoint.model, args.bf16) as device:
-            z = invert(
-                checkpoint.model,
-                batch.to(device),
-                checkpoint.schedule,
-                args.steps,
-                spacing,
-                checkpoint.prediction,
-                checkpoint.self_condition,
-            )
-        latents.append(z.float().cpu())
-    x_T = torch.cat(latents)  # noqa: N806
-    np.savez(args.out, latents=x_T.numpy().astype(np.float32))
-    options = Sampling(args.steps, spacing=spacing, clip=None, bf16=args.bf16)  # the inverse of invert
-    recon = torch.cat([decode(checkpoint, z, options).float().cpu() for z in x_T.split(args.batch_size)])
+    check_file(args.out, "--out", ".npz")
+    check_file(args.reconstruction, "--reconstruction", ".png")
+    if args.refine and args.sampler != "ddim":
+        raise BadValue(f"--refine applies to --sampler ddim; {args.sampler} inverts exactly without it")
+    if args.dry_run:
+        x, _, _ = read_images(args.images, describe(args.checkpoint)["image_shape"])
+        return dry_run(args, num_images=len(x))
+    pipe = open_pipeline(args)
+    latents = pipe.invert(
+        args.images,
+        steps=args.steps,
+        sampler=args.sampler,
+        spacing=args.spacing,
+        refine=args.refine,
+        batch_size=args.batch_size,
+    )
+    latents.save(args.out)
+    x = read_images(args.images, pipe.image_shape)[0]
+    recon = pipe.decode(latents, batch_size=args.batch_size, output="tensor", progress=False)
+    error = (recon - x).pow(2).mean()
     print(
-        f"wrote {args.out} (latents {tuple(x_T.shape)}); reconstruction MSE {(recon - x0).pow(2).mean():.3g}"
+        f"wrote {args.out} ({len(x)} latents {tuple(latents.z.shape[1:])}, {latents.sampler}, "
+        f"{latents.steps} steps); reconstruction MSE {error:.3g}"
     )
     if args.reconstruction:
-        print(f"wrote {save_grid(torch.cat([x0, recon]), args.reconstruction, nrow=len(x0))}")
-
-
-def interpolation_latents(seed_a: int, seed_b: int, n: int, shape: tuple[int, ...]) -> Tensor:
-    """n latents [n, *shape] along the slerp from x_T(seed_a) to x_T(seed_b), ends included."""
-    z0, z1 = (PerSampleNoise.from_seed(seed, 1).randn(shape) for seed in (seed_a, seed_b))
-    return torch.cat([slerp(z0, z1, float(w)) for w in torch.linspace(0, 1, n)])
+        print(f"wrote {save_grid(torch.cat([x, recon]), args.reconstruction, nrow=len(x))}")
 
 
 def run_interpolate(args: argparse.Namespace) -> None:
+    check_file(args.out, "--out", ".png")
+    check_file(args.npz, "--npz", ".npz")
     if args.n < 2:
         raise BadValue(f"--n must be at least 2 (the two ends), got {args.n}")
-    folder, run, step = locate(args)
-    if _dry_run(args, folder, run, step):
+    if (args.latents is None) != (args.pair is None):
+        raise BadValue("--latents and --pair go together: --latents latents.npz --pair I J")
+    if dry_run(args):
         return
-    checkpoint = load(args, folder)
-    latents = interpolation_latents(*args.seeds, args.n, run.image_shape())
-    options = Sampling(
-        args.steps, spacing=args.spacing or DEFAULT_SPACINGS["ddim"], clip=args.clip, bf16=args.bf16
-    )
-    images = torch.cat([decode(checkpoint, z, options).float().cpu() for z in latents.split(args.batch_size)])
-    print(f"wrote {save_grid(images, args.out, nrow=args.n)} (seeds {args.seeds[0]} -> {args.seeds[1]})")
+    pipe = open_pipeline(args)
+    common = dict(n=args.n, steps=args.steps, spacing=args.spacing, clip=args.clip, output="tensor")
+    if args.latents:
+        latents = Latents.load(args.latents)
+        for i in args.pair:
+            if i >= len(latents):
+                raise BadValue(
+                    f"--pair {i}: {args.latents} holds {len(latents)} latents (0 to {len(latents) - 1})"
+                )
+        a, b, what = latents[args.pair[0]], latents[args.pair[1]], f"latents {args.pair[0]} -> {args.pair[1]}"
+        common.pop("steps"), common.pop("spacing")
+    elif args.images:
+        (a, b), what = args.images, f"{args.images[0]} -> {args.images[1]}"
+        common["sampler"] = args.sampler
+    else:
+        a, b = args.seeds or (0, 1)
+        what = f"seeds {a} -> {b}"
+    images = pipe.interpolate(a, b, **common)
+    if args.npz:
+        np.savez(args.npz, images=to_uint8(images))
+        print(f"wrote {args.npz}")
+    print(f"wrote {save_grid(images, args.out, nrow=args.n)} ({what})")

@@ -10,13 +10,15 @@ import datetime
 from ddim.cli._common import (
     add_clip_option,
     add_run_options,
-    inference,
-    load,
     non_negative_int,
     positive_int,
     print_json,
 )
+from ddim.device import resolve_device
+from ddim.distributed import init_from_env
 from ddim.errors import BadValue
+from ddim.generation import running
+from ddim.pipeline import CHECKPOINT_CLIP, load
 from ddim.samplers import SAMPLERS
 from ddim.training.checkpoint import find_checkpoint, read_config
 from ddim.tuning import METHODS, TUNED_FILE, run_folder, steps_for, store_tuned, tune_timesteps
@@ -72,9 +74,10 @@ def run_tune(args: argparse.Namespace) -> None:
         print_json(vars(args) | {"run": None, "checkpoint_folder": folder, "steps": steps,
                                  "writes": target / TUNED_FILE})  # fmt: skip
         return
-    ckpt = load(args, folder)
+    ckpt = load(folder, device=init_from_env(resolve_device(args.device)), use_ema=not args.no_ema)
+    args.clip = ckpt.clip if args.clip is CHECKPOINT_CLIP else args.clip
     info: dict = {}
-    with inference(ckpt.model, False) as device:
+    with running(device := ckpt.device):
         grid = tune_timesteps(
             ckpt.model, ckpt.schedule, ckpt.image_shape, args.calls, args.sampler, args.n, args.seed,
             ckpt.prediction, method=args.method, clip=args.clip, self_condition=ckpt.self_condition,

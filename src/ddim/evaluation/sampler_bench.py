@@ -20,34 +20,34 @@ from tqdm.auto import tqdm
 
 from ddim.errors import BadValue
 from ddim.evaluation.metrics import evaluate
-from ddim.samplers import DEFAULT_SPACINGS, SAMPLERS
-from ddim.sampling import sample_seeded
+from ddim.generation import generate
+from ddim.samplers import DEFAULT_SPACINGS, SAMPLERS, model_calls
 from ddim.schedule import NoiseSchedule
 
-COLUMNS = ("sampler", "spacing", "eta", "budget", "steps", "model_calls", "seconds", "fid", "fid_floor",
-           "kid", "precision", "recall")  # fmt: skip
+COLUMNS = (
+    "sampler",
+    "spacing",
+    "eta",
+    "budget",
+    "steps",
+    "model_calls",
+    "seconds",
+    "fid",
+    "fid_floor",
+    "kid",
+    "precision",
+    "recall",
+)
 
 
 def steps_for_calls(sampler: str, calls: int) -> int:
-    """Steps that spend at most `calls` model calls: Heun spends 2 per step but the last (2S - 1)."""
+    """The most steps whose model calls (`ddim.samplers.model_calls`) stay within `calls`."""
     if sampler not in SAMPLERS:
         raise BadValue(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
-    return (calls + 1) // 2 if sampler == "heun" else calls
-
-
-def generate(
-    model: Callable[..., Tensor], schedule: NoiseSchedule, shape: Sequence[int], n: int, *, seed: int = 0,
-    batch_size: int = 250, device: torch.device | str = "cpu", progress: bool = True, **options,
-) -> Tensor:  # fmt: skip
-    """n images [n, *shape] on the CPU, in batches under inference mode; image i depends only on
-    the seed and i (`ddim.sample_seeded`). `options` go to `ddim.sample`."""
-    out = []
-    with torch.inference_mode():
-        for start in tqdm(range(0, n, batch_size), desc="sampling", unit="batch", disable=not progress,
-                          leave=False):  # fmt: skip
-            k = min(batch_size, n - start)
-            out.append(sample_seeded(model, schedule, shape, seed, start, k, device=device, **options).cpu())
-    return torch.cat(out)
+    steps = calls
+    while steps > 1 and model_calls(sampler, steps) > calls:
+        steps -= 1
+    return steps
 
 
 def bench_samplers(
@@ -60,6 +60,7 @@ def bench_samplers(
     calls: Iterable[int] = (5, 10, 20, 50, 100),
     n: int = 2000,
     prediction: str = "eps",
+    self_condition: bool = False,
     features: str = "digits",
     seed: int = 0,
     batch_size: int = 250,
@@ -77,18 +78,42 @@ def bench_samplers(
         spacing = spacing or DEFAULT_SPACINGS[name]
         for budget in calls:
             steps = min(steps_for_calls(name, budget), schedule.T)
-            options = {"steps": steps, "sampler": name, "spacing": spacing, "prediction": prediction}
+            options = {
+                "steps": steps,
+                "sampler": name,
+                "spacing": spacing,
+                "prediction": prediction,
+                "self_condition": self_condition,
+            }
             if eta:
                 options["eta"] = eta
             started = time.perf_counter()
-            images = generate(model, schedule, shape, n, seed=seed, batch_size=batch_size, device=device,
-                              progress=progress, **options)  # fmt: skip
+            images = generate(
+                model,
+                schedule,
+                shape,
+                n,
+                seed=seed,
+                batch_size=batch_size,
+                device=device,
+                progress=progress,
+                **options,
+            )
             seconds = time.perf_counter() - started
             scores = evaluate(images, reference, features, **evaluate_options)
-            calls_used = 2 * steps - 1 if name == "heun" else steps
-            rows.append({"sampler": name, "spacing": spacing, "eta": eta, "budget": budget,
-                         "steps": steps, "model_calls": calls_used, "seconds": seconds,
-                         **{k: scores[k] for k in COLUMNS[7:]}})  # fmt: skip
+            calls_used = model_calls(name, steps)
+            rows.append(
+                {
+                    "sampler": name,
+                    "spacing": spacing,
+                    "eta": eta,
+                    "budget": budget,
+                    "steps": steps,
+                    "model_calls": calls_used,
+                    "seconds": seconds,
+                    **{k: scores[k] for k in COLUMNS[7:]},
+                }
+            )
             if progress:
                 tqdm.write(f"{name} eta={eta} steps={steps}: fid {scores['fid']:.3f} in {seconds:.1f} s")
     return rows
