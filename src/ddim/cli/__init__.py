@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from ddim.cli import evaluate, generate, train, tune
+from ddim.device import choose_threads
 from ddim.distributed import shutdown
 from ddim.errors import DdimError, from_os_error
 
@@ -57,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if hasattr(signal, "SIGXFSZ"):  # past `ulimit -f`, a write fails with EFBIG instead of killing us
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
+        choose_threads()  # from the CPUs this process may use and the load (ddim.device)
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning
             args.run(args)
