@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Sequence
 from typing import NoReturn
 
-from ddim.cli import evaluate, generate, train, tune
+from ddim.cli import edit, evaluate, generate, train, tune
 from ddim.device import choose_threads
 from ddim.distributed import shutdown
 from ddim.errors import DdimError, from_os_error
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train.add_parsers(commands)
     generate.add_parsers(commands)
+    edit.add_parsers(commands)
     evaluate.add_parsers(commands)
     tune.add_parsers(commands)
     return parser
