@@ -160,7 +160,7 @@ class Pipeline:
     ) -> Iterator[np.ndarray | Tensor]:
         """`sample`, one batch at a time (memory stays flat for any n)."""
         if guidance != 1.0 and label is None:
-            raise BadValue("guidance needs a class (--class / label=): guidance steers towards a class")
+            raise BadValue("--guidance needs --class (label= in Python): guidance steers towards a class")
         self._out(torch.zeros(0, 1, 1, 1), output)
         for images in generate_batches(
             self.model,
