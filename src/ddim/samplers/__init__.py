@@ -6,7 +6,8 @@ from functools import partial
 from ddim.samplers.ddim import ddim, ddim_invert, ddim_sigma
 from ddim.samplers.ddpm import ddpm, posterior_variance
 from ddim.samplers.dpm_solver import dpm_solver_pp
-from ddim.samplers.interpolation import slerp
+from ddim.samplers.exact import exact_invert, exact_sample
+from ddim.samplers.interpolation import interpolate_latents, slerp
 from ddim.samplers.ipndm import ipndm
 from ddim.samplers.karras import euler, heun, model_calls
 from ddim.samplers.unipc import unipc
@@ -21,6 +22,9 @@ SAMPLERS = {
     "unipc": unipc,
     "euler": euler,
     "heun": heun,
+    # exactly invertible (samplers/exact.py); their encoders are in INVERSES
+    "belm": partial(exact_sample, method="belm"),
+    "bdia": partial(exact_sample, method="bdia"),
     "ipndm": ipndm,
 }
 
@@ -36,19 +40,30 @@ DEFAULT_SPACINGS = {
     "unipc": "logsnr",
     "euler": "trailing",
     "heun": "karras",
+    "belm": "trailing",
+    "bdia": "trailing",
     "ipndm": "logsnr",
 }
 
+# The samplers whose encoder is the exact inverse of their decoder, and those encoders.
+EXACT_INVERTIBLE = ("belm", "bdia")
+INVERSES = {name: partial(exact_invert, method=name) for name in EXACT_INVERTIBLE}
+
 __all__ = [
     "DEFAULT_SPACINGS",
+    "EXACT_INVERTIBLE",
+    "INVERSES",
     "SAMPLERS",
     "ddim",
     "ddim_invert",
     "ddim_sigma",
     "ddpm",
     "dpm_solver_pp",
+    "exact_invert",
+    "exact_sample",
     "euler",
     "heun",
+    "interpolate_latents",
     "ipndm",
     "model_calls",
     "posterior_variance",

@@ -5,6 +5,7 @@ Notation: a_t = alphas_cumprod[t], a_prev = a at the next grid point (1 after th
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from torch import Tensor
@@ -12,7 +13,7 @@ from torch import Tensor
 from ddim.errors import BadValue
 from ddim.noise import Generators, PerSampleNoise
 from ddim.prediction import Predict, x0_from_eps
-from ddim.samplers._common import Callback, ddim_move, grid_steps
+from ddim.samplers._common import Callback, Step, ddim_move, grid_steps
 from ddim.schedule import NoiseSchedule
 
 
@@ -20,6 +21,13 @@ def ddim_sigma(a_t: float, a_prev: float, eta: float) -> float:
     """DDIM eq. 16: sigma = eta sqrt((1 - a_prev)/(1 - a_t)) sqrt(1 - a_t/a_prev).
     At eta = 1 this is the DDPM posterior standard deviation sqrt(beta-tilde) (Ho et al. eq. 7)."""
     return eta * ((1 - a_prev) / (1 - a_t)) ** 0.5 * (1 - a_t / a_prev) ** 0.5
+
+
+def max_eta(steps: Sequence[Step]) -> float:
+    """The largest eta for which DDIM eq. 12 is defined on these steps: 1 - a_prev - sigma^2 >= 0
+    with sigma from eq. 16 holds iff eta^2 <= a_prev (1 - a_t) / (a_prev - a_t) (always >= 1)."""
+    bounds = [(p * (1 - a) / (p - a)) ** 0.5 for _, a, p in steps if p < 1 and p > a]
+    return min(bounds, default=math.inf)
 
 
 def ddim(
@@ -41,6 +49,11 @@ def ddim(
     if not eta >= 0:
         raise BadValue(f"eta must be >= 0 (0: deterministic DDIM, 1: DDPM), got {eta}")
     steps = grid_steps(schedule, timesteps)
+    if eta > 1 and eta > (largest := max_eta(steps)):
+        raise BadValue(
+            f"eta = {eta} leaves DDIM eq. 12 undefined on this grid (1 - a_prev - sigma^2 < 0): "
+            f"use eta <= {largest:.6g}"
+        )
     if noise is not None and noise.shape != (len(steps), *x.shape):
         raise BadValue(f"noise must have shape {(len(steps), *x.shape)}, got {tuple(noise.shape)}")
     source = PerSampleNoise.split(generator, len(x)) if eta > 0 and noise is None else None
