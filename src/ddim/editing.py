@@ -65,11 +65,11 @@ def edit(
         else:
             a = schedule.alphas_cumprod[int(grid[0])].item()
             x_t = x0 * a**0.5 + eps * (1 - a) ** 0.5  # Ho et al. eq. 4
-        return sample(
-            model, x_t, schedule, steps=len(grid), eta=eta, sampler=sampler, spacing=grid.tolist(),
-            prediction=prediction, clip=clip, generator=source, self_condition=self_condition,
-            grad=grad, **options,
-        )  # fmt: skip
+    return sample(
+        model, x_t, schedule, steps=len(grid), eta=eta, sampler=sampler, spacing=grid.tolist(),
+        prediction=prediction, clip=clip, generator=source, self_condition=self_condition,
+        grad=grad, **options,
+    )  # fmt: skip
 
 
 def inpaint(
