@@ -1,11 +1,15 @@
 """A diffusers UNet2DModel folder sampled by ddim equals diffusers' own DDIMPipeline."""
 
 import json
+import sys
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import ddim
+from ddim.cli import main
 from ddim.diffusers_compat import is_diffusers_folder, load_diffusers, schedule_from_config
 
 diffusers = pytest.importorskip("diffusers")
@@ -77,13 +81,47 @@ def test_pickled_weights_are_refused(tmp_path):
 
 
 def test_ddim_sample_command_takes_a_diffusers_folder(saved, tmp_path):
-    from ddim.cli import main
-
     path, _, _ = saved
     npz = tmp_path / "s.npz"
     argv = ["sample", "--checkpoint", str(path), "--n", "3", "--steps", "4", "--out", str(tmp_path / "g.png"),
             "--npz", str(npz), "--device", "cpu", "--clip", "none"]  # fmt: skip
     assert main(argv) == 0
-    import numpy as np
-
     assert np.load(npz)["images"].shape == (3, 8, 8, 3)
+
+
+@pytest.fixture(scope="module")
+def diffusers_images(saved, tmp_path_factory):
+    """Two 8x8 RGB PNGs for the diffusers model."""
+    folder = tmp_path_factory.mktemp("rgb")
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_every_command_that_runs_a_model_takes_a_diffusers_folder(saved, diffusers_images, tmp_path):
+    path, _, _ = saved
+    ck = ["--checkpoint", str(path), "--steps", "3", "--device", "cpu"]
+    z, out = str(tmp_path / "z.npz"), str(tmp_path / "o.png")
+    images = ["--images", str(diffusers_images)]
+    assert main(["invert", *ck, *images, "--out", z]) == 0
+    assert main(["sample", *ck, "--latents", z, "--out", out, "--npz", str(tmp_path / "back.npz")]) == 0
+    pipe = ddim.load(path, device="cpu")
+    assert pipe.clip is None  # the scheduler config says clip_sample: false
+    x = ddim.inputs.read_images(diffusers_images, pipe.image_shape)[0]
+    back = pipe.decode(ddim.Latents.load(z), output="tensor", progress=False)
+    assert (back - x).abs().max() < 1e-4  # exact through a diffusers UNet too
+    assert main(["interpolate", *ck, "--latents", z, "--pair", "0", "1", "--n", "3", "--out", out]) == 0
+    assert main(["edit", *ck, *images, "--strength", "0.5", "--out", out]) == 0
+    mask = tmp_path / "mask.png"
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(mask)
+    assert main(["inpaint", *ck, *images, "--mask", str(mask), "--out", out]) == 0
+
+
+def test_without_diffusers_one_line_names_the_extra(saved, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # `import diffusers` raises ImportError
+    path, _, _ = saved
+    argv = ["sample", "--checkpoint", str(path), "--n", "1", "--out", str(tmp_path / "g.png")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert 'pip install "ddim[diffusers]"' in err and len(err.strip().splitlines()) == 1
