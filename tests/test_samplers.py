@@ -93,14 +93,15 @@ def exact_moments(sampler: str, eta: float, mu, s, steps: int = 100):
         k = at**0.5 * s**2 / (at * s**2 + 1 - at)
         if ap == 1.0:  # the last step returns the x0 estimate
             return mu + k * (m - at**0.5 * mu), k**2 * v
+        tilde = (1 - ap) / (1 - at) * (1 - at / ap)  # beta-tilde, Ho et al. eq. 7
         if sampler == "ddim":
-            var = ddim_sigma(at, ap, eta) ** 2
+            var = eta**2 * tilde  # DDIM eq. 16
             c_x = ((1 - ap - var) / (1 - at)) ** 0.5
             c_x0 = ap**0.5 - c_x * at**0.5
         else:
             beta = 1 - at / ap
             c_x0, c_x = ap**0.5 * beta / (1 - at), (1 - beta) ** 0.5 * (1 - ap) / (1 - at)
-            var = posterior_variance(at, ap) if sampler == "ddpm" else beta
+            var = tilde if sampler == "ddpm" else beta
         A, B = c_x0 * k + c_x, c_x0 * (1 - k * at**0.5) * mu
         m, v = A * m + B, A**2 * v + var
 
