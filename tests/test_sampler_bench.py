@@ -7,8 +7,9 @@ import torch
 from oracles import GaussianOracle
 from PIL import Image
 
-from ddim import NoiseSchedule
+from ddim import SAMPLERS, NoiseSchedule
 from ddim.evaluation.sampler_bench import bench_samplers, steps_for_calls, write_report
+from ddim.samplers import model_calls
 
 
 def test_steps_for_calls_counts_heun_honestly():
@@ -16,6 +17,15 @@ def test_steps_for_calls_counts_heun_honestly():
     assert steps_for_calls("heun", 5) == 3  # 2 * 3 - 1 = 5 calls
     with pytest.raises(ValueError, match="unknown sampler"):
         steps_for_calls("plms", 5)
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_steps_for_calls_is_the_most_steps_within_the_budget(sampler):
+    """Derived from the registry's one call count (`model_calls`), for every sampler."""
+    for calls in (1, 2, 5, 10, 11):
+        steps = steps_for_calls(sampler, calls)
+        assert model_calls(sampler, steps) <= calls or steps == 1
+        assert model_calls(sampler, steps + 1) > calls
 
 
 def test_bench_rows_and_report(tmp_path):
