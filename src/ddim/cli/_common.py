@@ -12,8 +12,9 @@ from typing import Any
 
 from ddim.device import resolve_device
 from ddim.distributed import init_from_env
-from ddim.pipeline import CHECKPOINT_CLIP, Pipeline, describe, load
+from ddim.pipeline import Pipeline, describe, load
 from ddim.prediction import Clip
+from ddim.real_images import CHECKPOINT_CLIP
 from ddim.sampling import DEFAULT_STEPS
 from ddim.timesteps import SPACINGS
 

@@ -28,8 +28,9 @@ from ddim.errors import BadValue, MissingFile
 from ddim.images import save_grid, save_trajectory_strip
 from ddim.inputs import read_images
 from ddim.latents import Latents
-from ddim.pipeline import CHECKPOINT_CLIP, EXACT_INVERTIBLE, INVERT_SAMPLER, Pipeline, describe
-from ddim.samplers import SAMPLERS
+from ddim.pipeline import Pipeline, describe
+from ddim.real_images import CHECKPOINT_CLIP, INVERT_SAMPLER
+from ddim.samplers import EXACT_INVERTIBLE, SAMPLERS
 
 GRID_MAX = 256  # the grid shows at most this many images (the npz and --out-dir hold all)
 
