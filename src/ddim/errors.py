@@ -66,11 +66,11 @@ _FIXES = {
 
 
 def from_os_error(error: OSError, path: object = None) -> PathError | None:
-    """The one-line PathError for an OSError that the user's disk or paths caused (naming the
-    path: the error's own, else `path`), or None for any other OSError, which stays a bug."""
+    """The one-line PathError for an OSError that the user's disk or paths caused, naming `path`
+    (default: the error's own file name), or None for any other OSError, which stays a bug."""
     fix = _FIXES.get(error.errno)
     if fix is None:
         return None
-    where = error.filename if error.filename is not None else path
+    where = path if path is not None else error.filename
     what = error.strerror or errno.errorcode.get(error.errno, "error")
     return PathError(f"cannot use {where}: {what}; {fix}" if where is not None else f"{what}; {fix}")

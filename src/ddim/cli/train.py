@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +16,14 @@ from torch.utils.data import Dataset
 
 from ddim.cli._common import (
     TRAJECTORY_SAMPLES,
-    Sampling,
     add_run_options,
-    generate,
     int_tuple,
     non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
     print_json,
-    trajectory,
+    seed,
     unit_float,
 )
 from ddim.config import DiffusionConfig, RunConfig, TrainConfig
@@ -35,10 +33,12 @@ from ddim.errors import BadValue
 from ddim.images import save_grid, save_trajectory_strip
 from ddim.models import UNetConfig
 from ddim.objectives import WEIGHTINGS
+from ddim.pipeline import load
 from ddim.prediction import PREDICTIONS
 from ddim.schedule import SCHEDULE_KINDS
-from ddim.training import CheckpointError, load_checkpoint, train
-from ddim.training.checkpoint import CHECKPOINTS, list_checkpoints, read_config
+from ddim.training import CheckpointError, train
+from ddim.training.checkpoint import ALL_FILES, CHECKPOINTS, find_checkpoint, list_checkpoints, read_config
+from ddim.training.run_folder import check_writable, remove_run
 
 # RunConfig section -> the fields that flags of the same name (dashes for underscores) set
 SECTIONS = {
@@ -114,7 +114,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     _flag(g, "--ema-decay", "EMA decay of the weights", t, type=unit_float)
     _flag(g, "--bf16", "bfloat16 autocast", action="store_true")
     _flag(g, "--grad-accum", "micro-batches per step (must divide --batch-size)", t, type=positive_int)
-    _flag(g, "--seed", "seed of the run", t, type=non_negative_int)
+    _flag(g, "--seed", "seed of the run, in [0, 2**64)", t, type=seed)
     _flag(g, "--weighting", "loss weighting over timesteps", t, choices=WEIGHTINGS)
     _flag(g, "--min-snr-gamma", "gamma of min-SNR weighting", t, type=positive_float)
     _flag(g, "--offset-noise", "offset-noise strength", t, type=non_negative_float)
@@ -123,7 +123,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     _flag(g, "--sample-steps", "DDIM steps of those grids (at most --timesteps)", t, type=positive_int)
     _flag(g, "--checkpoint-every", "steps between checkpoints, 0: only the last", t, type=non_negative_int)
     _flag(g, "--keep-last", "checkpoints kept, 0: all", t, type=non_negative_int)
-    _flag(g, "--log-every", "steps between log lines, 0: never", t, type=non_negative_int)
+    _flag(g, "--log-every", "steps between log lines (and the last step), 0: never", t, type=non_negative_int)
     _flag(g, "--device", "auto (CUDA when present, else CPU), cpu, cuda or cuda:N", t)
     p.add_argument("--dry-run", action="store_true", help="print the resolved configuration as JSON and exit")
     p.set_defaults(run=run_train)
@@ -151,6 +151,12 @@ def _given(args: argparse.Namespace, section: str) -> dict[str, Any]:
     return {name: getattr(args, name) for name in SECTIONS[section] if getattr(args, name) is not None}
 
 
+def _data(text: str) -> str:
+    """--data as stored: a path that exists becomes absolute (so that a resume from another
+    folder reads the same data); a name such as digits stays a name."""
+    return str(Path(text).resolve()) if Path(text).exists() else text
+
+
 def _new_run(args: argparse.Namespace) -> tuple[RunConfig, Dataset]:
     """A fresh RunConfig from the flags, with the data's size and channels filled in from the dataset."""
     if args.data is None:
@@ -161,7 +167,7 @@ def _new_run(args: argparse.Namespace) -> tuple[RunConfig, Dataset]:
             f"{args.out} already holds a run (newest checkpoint {found[-1].name}): pass --resume to continue "
             "it, or choose another --out"
         )
-    data = DataConfig(args.data, **_given(args, "data"))
+    data = DataConfig(_data(args.data), **_given(args, "data"))
     dataset = build_dataset(data)
     image, _ = dataset[0]
     channels, height, width = image.shape
@@ -186,11 +192,15 @@ def _new_run(args: argparse.Namespace) -> tuple[RunConfig, Dataset]:
 
 def _resumed_run(args: argparse.Namespace) -> RunConfig:
     """The saved RunConfig of the run in --out, with the training flags given applied."""
-    found = list_checkpoints(Path(args.out) / CHECKPOINTS)
-    if not found:
+    if not list_checkpoints(Path(args.out) / CHECKPOINTS):
         raise CheckpointError(f"{args.out} holds no checkpoints to resume; train it without --resume first")
-    run, step = read_config(found[-1])
-    given = {("data", "dataset"): args.data} if args.data is not None else {}
+    with warnings.catch_warnings():  # train() names a skipped damaged checkpoint
+        warnings.simplefilter("ignore")
+        checkpoint = find_checkpoint(args.out, ALL_FILES)
+    run, step = read_config(checkpoint)
+    given = {}
+    if args.data is not None and _data(args.data) != _data(run.data.dataset):
+        given[("data", "dataset")] = args.data
     for section in ("data", "model", "diffusion"):
         given |= {(section, name): value for name, value in _given(args, section).items()}
     changed = [
@@ -207,7 +217,7 @@ def _resumed_run(args: argparse.Namespace) -> RunConfig:
             "in another --out"
         )
     if args.steps is not None and args.steps < step:
-        raise BadValue(f"--steps {args.steps} is below the {step} steps already done in {found[-1]}")
+        raise BadValue(f"--steps {args.steps} is below the {step} steps already done in {checkpoint}")
     return dataclasses.replace(run, train=dataclasses.replace(run.train, **_given(args, "train")))
 
 
@@ -237,14 +247,14 @@ def run_demo(args: argparse.Namespace) -> None:
     if args.dry_run:
         print_json({"out": args.out, "sampling_steps": args.steps, "run": run.to_dict()})
         return
-    if (out / "run").exists():  # the demo's own folder from an earlier demo: start afresh
+    check_writable(out)  # before the work: the images go here
+    if (out / "run").exists():  # an earlier demo's run: deleted only if ddim wrote all of it
+        remove_run(out / "run")
         print(f"replacing the earlier demo run in {out / 'run'}")
-        shutil.rmtree(out / "run")
     start = time.perf_counter()
-    checkpoint = load_checkpoint(train(run, out / "run"), device=device)
-    options = Sampling(steps=args.steps)
-    grid = save_grid(generate(checkpoint, DEMO_SAMPLES, 0, DEMO_SAMPLES, options), out / "samples.png")
-    steps = trajectory(checkpoint, TRAJECTORY_SAMPLES, 0, options)
+    pipe = load(train(run, out / "run"), device=device)
+    grid = save_grid(pipe.sample(DEMO_SAMPLES, steps=args.steps, output="tensor"), out / "samples.png")
+    steps = pipe.trajectory(TRAJECTORY_SAMPLES, steps=args.steps)
     strip = save_trajectory_strip(steps.xs.cpu(), steps.x0s.cpu(), out / "trajectory.png")
     print(
         f"trained {args.train_steps} steps and sampled {DEMO_SAMPLES} digits ({args.steps} DDIM steps) "

@@ -66,6 +66,9 @@ class UNetConfig:
             object.__setattr__(self, "out_channels", self.in_channels)
         if not self.channel_mult or self.num_res_blocks < 1:
             raise BadValue("channel_mult must be non-empty and num_res_blocks >= 1")
+        sizes = (self.in_channels, self.base_channels, self.groups, self.num_heads, self.head_channels or 1)
+        if min(sizes) < 1:
+            raise BadValue("in_channels, base_channels, groups, num_heads and head_channels must be >= 1")
         for mult in self.channel_mult:
             ch = self.base_channels * mult
             if ch % self.groups:

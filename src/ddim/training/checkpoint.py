@@ -18,6 +18,7 @@ checksum: flipped bits inside the data are not seen), state.pt readable and well
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -106,6 +107,17 @@ def _tensors(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
 
 
+def _save_tensors(state: dict[str, Tensor], file: Path) -> None:
+    """safetensors.torch.save_file, its I/O errors (disk full, ...) raised as OSError with errno."""
+    try:
+        safetensors.torch.save_file(_tensors(state), file, metadata={"format": "pt"})
+    except safetensors.SafetensorError as e:
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(file)) from e
+
+
 def save_checkpoint(
     root: str | os.PathLike,
     step: int,
@@ -127,12 +139,13 @@ def save_checkpoint(
     tmp = root / f".tmp-{final.name}"
     tmp.mkdir()
     try:
-        meta = {"format": "pt"}
-        safetensors.torch.save_file(_tensors(model_state), tmp / MODEL, metadata=meta)
-        safetensors.torch.save_file(_tensors(ema_state), tmp / EMA, metadata=meta)
+        _save_tensors(model_state, tmp / MODEL)
+        _save_tensors(ema_state, tmp / EMA)
         config = {"format": FORMAT, "version": VERSION, "step": step, "run": run.to_dict()}
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-        torch.save(train_state, tmp / STATE)
+        buffer = io.BytesIO()  # serialised first, so that a failed write is an OSError with its errno
+        torch.save(train_state, buffer)
+        (tmp / STATE).write_bytes(buffer.getvalue())
         for name in (MODEL, EMA, CONFIG, STATE):
             _fsync(tmp / name)
         _fsync(tmp)

@@ -40,7 +40,7 @@ from ddim.config import RunConfig
 from ddim.data import build_dataset
 from ddim.device import resolve_device
 from ddim.distributed import init_from_env, is_distributed, is_main_process, rank, world_size
-from ddim.errors import BadFile, BadValue, DdimError, NonFinite, Stopped, from_os_error
+from ddim.errors import BadFile, BadValue, DdimError, NonFinite, PathError, Stopped, from_os_error
 from ddim.images import save_grid
 from ddim.models import UNet
 from ddim.noise import seed_for
@@ -260,7 +260,7 @@ def _train(
         if isinstance(e, KeyboardInterrupt):
             raise Stopped(f"interrupted: {note}; continue with --resume", stop.signum or 2) from None
         if isinstance(e, OSError) and from_os_error(e) is not None:
-            raise BadFile(f"{from_os_error(e)}; {note}") from e
+            raise PathError(f"{from_os_error(e)}; {note}") from e
         if isinstance(e, DdimError):
             e.args = (f"{e}; {note}",)
         elif isinstance(e, Exception):

@@ -1,0 +1,427 @@
+"""Fault injection: kill -9, SIGTERM, SIGINT, two writers, a full disk, read-only folders,
+damaged files, non-finite values, a failing image and a diverging loss. Each case asserts that
+nothing was lost (the files are there, the checkpoints whole, a resume bitwise equal to a run
+that never stopped) and that a user's error is one line on stderr, without a traceback, with
+the right exit status (2; 130 / 143 for signals). Runs are tiny (8x8 digits, a 8-channel UNet, a
+few steps); only the cases that need a real process (signals, limits, users) start one."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+from safetensors.torch import load_file
+
+from ddim.cli import main
+from ddim.data import WrappedDataset, load_dataset
+from ddim.errors import BadFile, NonFinite
+from ddim.training import train
+from ddim.training.checkpoint import DamagedCheckpoint, list_checkpoints, load_checkpoint
+
+TINY = ["--data", "digits", "--size", "8", "--base-channels", "8", "--channel-mult", "1,2"]
+TINY += ["--batch-size", "8", "--timesteps", "50", "--sample-steps", "5", "--sample-every", "0"]
+TINY += ["--device", "cpu"]
+STEPS = 6
+PROGRESS = re.compile(r"\s*\d+%\|")  # a tqdm line
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def run(*argv: object) -> int:
+    """`ddim argv...` in-process; the exit status, whether returned or raised by argparse."""
+    try:
+        return main([str(a) for a in argv])
+    except SystemExit as e:
+        return e.code
+
+
+def one_line(err: str) -> str:
+    """stderr of a refused command: exactly one line, no traceback (besides the progress bar)."""
+    lines = [line for line in re.split(r"[\r\n]+", err) if line.strip() and not PROGRESS.match(line)]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    ema = {"ema." + k: v for k, v in load_file(checkpoint / "ema.safetensors").items()}
+    return {**load_file(checkpoint / "model.safetensors"), **ema}
+
+
+def step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name.split("-")[1])
+
+
+def ckpt(out: Path, step: int) -> Path:
+    return out / "checkpoints" / f"step-{step:06d}"
+
+
+def assert_same(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa), f"{a} != {b}"
+
+
+def assert_whole(out: Path, killed: bool = False) -> None:
+    """Every checkpoint of a run loads, and no partial folder is left (after kill -9, one hidden
+    .tmp-step-* folder may be: the next save removes it)."""
+    for checkpoint in list_checkpoints(out / "checkpoints"):
+        load_checkpoint(checkpoint)
+    assert len(list((out / "checkpoints").glob(".tmp-*"))) <= killed
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """The uninterrupted run: STEPS steps, a checkpoint after each."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    argv = ["--steps", STEPS, "--checkpoint-every", 1, "--keep-last", 0, "--log-every", 1]
+    assert run("train", *TINY, "--out", out, *argv) == 0
+    return out
+
+
+def start(out: Path, *extra: object, preexec_fn=None, prefix=()) -> subprocess.Popen:
+    argv = [*prefix, sys.executable, "-m", "ddim", "train", *TINY, "--out", out, "--log-every", 1, *extra]
+    return subprocess.Popen(
+        [str(a) for a in argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=SUBPROCESS_ENV,
+        preexec_fn=preexec_fn,
+    )
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def logged_steps(out: Path) -> int:
+    try:
+        return max(len((out / "log.csv").read_text().splitlines()) - 1, 0)
+    except OSError:
+        return 0
+
+
+# ---- kill -9, signals, two writers -----------------------------------------------------------
+@pytest.mark.parametrize("seed", [0, 1])
+def test_kill_9_at_a_random_point_then_resume_is_bitwise_exact(tmp_path, reference, seed):
+    out = tmp_path / "run"
+    process = start(out, "--steps", STEPS, "--checkpoint-every", 1)
+    wait_for(lambda: list_checkpoints(out / "checkpoints"), process)
+    time.sleep(random.Random(seed).uniform(0, 0.4))
+    process.kill()
+    process.communicate()
+    assert_whole(out, killed=True)
+    assert run("train", "--out", out, "--resume") == 0
+    assert_whole(out)
+    assert_same(ckpt(out, STEPS), ckpt(reference, STEPS))
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_saves_the_last_step_and_resume_is_exact(tmp_path, signum, status, capsys):
+    """With --checkpoint-every 0 nothing would be saved before the end: the signal saves. While
+    it runs, a second writer on the same folder is refused."""
+    out = tmp_path / "run"
+    process = start(out, "--steps", 200, "--checkpoint-every", 0)
+    wait_for(lambda: logged_steps(out) >= 2, process)
+    assert run("train", *TINY, "--out", out, "--steps", 3) == 2  # two writers
+    line = one_line(capsys.readouterr().err)
+    assert f"{out} is being trained by pid {process.pid}" in line
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == status
+    line = one_line(err)
+    assert f"stopped by {signal.Signals(signum).name}: saved step" in line and "--resume" in line
+    saved = list_checkpoints(out / "checkpoints")
+    assert len(saved) == 1
+    assert_whole(out)
+    end = step_of(saved[0]) + 2  # the total steps do not enter the training (the LR schedule neither)
+    assert run("train", "--out", out, "--resume", "--steps", end) == 0
+    assert run("train", *TINY, "--out", tmp_path / "whole", "--steps", end, "--log-every", 0) == 0
+    assert_same(ckpt(out, end), ckpt(tmp_path / "whole", end))
+    rows = (out / "log.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == list(range(1, end + 1))  # no line lost, none twice
+
+
+def test_a_stale_lock_file_is_reused(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".ddim-lock").write_text("pid 999999 on a machine that crashed")  # nobody holds it
+    assert run("train", *TINY, "--out", out, "--steps", 1) == 0
+
+
+# ---- disks and folders ---------------------------------------------------------------------
+def _limit_file_size():
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))  # ulimit -f: files up to 20 kB
+
+
+def test_a_full_disk_is_one_line_and_loses_nothing(tmp_path, reference):
+    out = tmp_path / "run"
+    shutil.copytree(reference / "checkpoints" / "step-000002", out / "checkpoints" / "step-000002")
+    shutil.copy(reference / "ddim-run.json", out)
+    process = start(out, "--resume", "--steps", STEPS, "--checkpoint-every", 1, preexec_fn=_limit_file_size)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 2
+    line = one_line(err)
+    assert "File too large" in line and "raise it or free space" in line and "step-000002" in line
+    assert [p.name for p in list_checkpoints(out / "checkpoints")] == ["step-000002"]
+    assert_whole(out)
+    assert run("train", "--out", out, "--resume", "--steps", STEPS) == 0  # with room again, exact
+    assert_same(ckpt(out, STEPS), ckpt(reference, STEPS))
+
+
+# root ignores permissions: drop that power (CAP_DAC_OVERRIDE) from the child
+AS_USER = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"] if os.geteuid() == 0 else []
+
+
+@pytest.mark.skipif(AS_USER and not shutil.which("setpriv"), reason="needs setpriv to drop root's powers")
+def test_a_read_only_folder_is_refused_before_the_work(tmp_path):
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="ddim-ro-"))
+    try:
+        base.chmod(0o755)
+        folder = base / "run"
+        folder.mkdir()
+        folder.chmod(0o555)  # read-only, for everyone but root
+        for out in (folder, folder / "sub"):
+            process = start(out, "--steps", 1, prefix=AS_USER)
+            _, err = process.communicate(timeout=120)
+            assert process.returncode == 2
+            assert f"cannot use {out}: Permission denied" in one_line(err)
+        file = base / "file"
+        file.write_text("a file, not a folder")
+        assert run("train", *TINY, "--out", file / "run", "--steps", 1) == 2  # a path under a file
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_demo_deletes_only_what_it_wrote(tmp_path, capsys):
+    mine = tmp_path / "run" / "thesis.tex"
+    mine.parent.mkdir()
+    mine.write_text("years of work")
+    assert run("demo", "--out", tmp_path, "--train-steps", 1, "--steps", 2, "--device", "cpu") == 2
+    assert "not a ddim run folder" in one_line(capsys.readouterr().err) and mine.is_file()
+    (tmp_path / "run" / "ddim-run.json").write_text('{"format": "ddim-run", "version": 1}')
+    assert run("demo", "--out", tmp_path, "--train-steps", 1, "--steps", 2, "--device", "cpu") == 2
+    assert "holds thesis.tex" in one_line(capsys.readouterr().err) and mine.is_file()
+
+
+# ---- damaged files ---------------------------------------------------------------------------
+@pytest.fixture
+def damaged(tmp_path, reference) -> Path:
+    """A copy of the reference run after 3 steps, free to damage."""
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    for checkpoint in list_checkpoints(out / "checkpoints")[3:]:
+        shutil.rmtree(checkpoint)
+    return out
+
+
+def _config(out: Path, edit) -> None:
+    file = out / "checkpoints" / "step-000003" / "config.json"
+    config = json.loads(file.read_text())
+    edit(config)
+    file.write_text(json.dumps(config))
+
+
+def _state(out: Path, edit) -> None:
+    file = out / "checkpoints" / "step-000003" / "state.pt"
+    state = torch.load(file, weights_only=True)
+    edit(state)
+    torch.save(state, file)
+
+
+CONFIG_EDITS = {
+    "size ab": (lambda c: c["run"]["data"].update(size="ab"), "data.size must be of type"),
+    "groups 0": (lambda c: c["run"]["model"].update(groups=0), "groups"),
+    "num_classes x": (lambda c: c["run"]["model"].update(num_classes="x"), "model.num_classes must be"),
+    "prediction deleted": (lambda c: c["run"]["diffusion"].pop("prediction"), "lacks the key(s) 'pred"),
+    "step negative": (lambda c: c.update(step=-1), '"step": -1'),
+}
+
+
+@pytest.mark.parametrize("case", CONFIG_EDITS)
+def test_a_damaged_config_json_is_one_line(damaged, case, capsys):
+    edit, message = CONFIG_EDITS[case]
+    _config(damaged, edit)
+    assert run("sample", "--checkpoint", ckpt(damaged, 3), "--out", damaged / "g.png") == 2
+    line = one_line(capsys.readouterr().err)
+    assert message in line and "config.json" in line
+
+
+STATE_EDITS = {
+    "negative data position": (lambda s: s.update(data_position=-8), "data_position -8"),
+    "no optimizer": (lambda s: s.pop("optimizer"), "no optimizer"),
+    "rng of wrong type": (lambda s: s["rng"].update(torch=[1, 2]), "RNG states"),
+    "optimizer of other shapes": (
+        lambda s: s["optimizer"]["state"][0].update(exp_avg=torch.zeros(3)),
+        "does not fit this run",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", STATE_EDITS)
+def test_a_malformed_state_pt_is_skipped_with_a_line(damaged, case, capsys):
+    """Resuming skips the malformed newest checkpoint for step 2, naming it, and ends exactly."""
+    edit, message = STATE_EDITS[case]
+    _state(damaged, edit)
+    if case == "optimizer of other shapes":  # well-formed, so only applying it finds the misfit
+        assert run("train", "--out", damaged, "--resume", "--steps", 4) == 2
+        assert message in one_line(capsys.readouterr().err)
+        return
+    assert run("train", "--out", damaged, "--resume", "--steps", 4) == 0
+    err = capsys.readouterr().err
+    assert "skipped damaged step-000003" in err and message in err and "step-000002" in err
+    assert (damaged / "checkpoints" / "step-000003.damaged" / "state.pt").is_file()  # kept aside
+
+
+def test_damaged_weights_fall_back_for_sampling(damaged, capsys):
+    file = damaged / "checkpoints" / "step-000003" / "ema.safetensors"
+    file.write_bytes(file.read_bytes()[:-100])  # truncated
+    with pytest.warns(DamagedCheckpoint, match="step-000003 .*ema.safetensors.*using .*step-000002"):
+        assert load_checkpoint(damaged).step == 2
+    assert run("sample", "--checkpoint", ckpt(damaged, 3), "--out", damaged / "g.png") == 2
+    assert "not a safetensors file" in one_line(capsys.readouterr().err)
+
+
+def test_a_damaged_log_csv(damaged, reference, capsys):
+    log = damaged / "log.csv"
+    lines = log.read_text().splitlines()
+    log.write_text("\n".join([*lines[:3], lines[3][:9]]))  # a partial last line: a killed writer
+    assert run("train", "--out", damaged, "--resume", "--steps", 4) == 0
+    # the line of step 3 died with its writer (after checkpoint 3, which comes first); none other
+    assert [line.split(",")[0] for line in log.read_text().splitlines()[1:]] == ["1", "2", "4"]
+    log.write_text("\n".join([lines[0], "1,nan?,x", *lines[2:]]))
+    assert run("train", "--out", damaged, "--resume", "--steps", 5) == 2
+    assert "log.csv line 2 is damaged" in one_line(capsys.readouterr().err)
+
+
+def test_resume_refuses_other_data(damaged, tmp_path, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    from PIL import Image
+
+    for i in range(4):
+        Image.new("L", (8, 8), color=i * 60).save(folder / f"{i}.png")
+    _config(damaged, lambda c: c["run"]["data"].update(dataset=str(folder)))
+    assert run("train", "--out", damaged, "--resume", "--steps", 4) == 2
+    assert "is not what" in one_line(capsys.readouterr().err)
+
+
+# ---- values ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--lr", "inf"], "--lr: must be a finite number > 0"),
+        (["--lr", "nan"], "--lr: must be a finite number > 0"),
+        (["--lr", "5"], "lr must lie in (0, 1]"),
+        (["--offset-noise", "1e30"], "offset_noise must lie in [0, 1]"),
+        (["--min-snr-gamma", "inf"], "--min-snr-gamma: must be a finite number > 0"),
+        (["--seed", str(2**64)], "--seed: must be an integer in [0, 2**64)"),
+        (["--device", "meta"], "device 'meta' cannot run"),
+        (["--device", "cuda:7"], "cuda:7"),
+    ],
+)
+def test_absurd_training_flags_are_one_line(tmp_path, flags, message, capsys):
+    assert run("train", *TINY, "--out", tmp_path / "run", "--steps", 1, *flags) == 2
+    assert message in one_line(capsys.readouterr().err)
+    assert not list_checkpoints(tmp_path / "run" / "checkpoints")
+
+
+@pytest.mark.parametrize("flags", [["--eta", "inf"], ["--guidance", "inf"], ["--clip", "inf"]])
+def test_non_finite_sampling_flags_are_one_line(reference, tmp_path, flags, capsys):
+    assert run("sample", "--checkpoint", reference, "--out", tmp_path / "g.png", *flags) == 2
+    assert "must be" in one_line(capsys.readouterr().err)
+
+
+# ---- failures inside a step ------------------------------------------------------------------
+class Failing(torch.utils.data.Dataset):
+    """Digits read one by one (the DataLoader path) where example `bad` fails to decode."""
+
+    def __init__(self, images, bad=None):
+        self.images, self.bad = images, bad
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        if i == self.bad:
+            raise BadFile(f"image {i}.png cannot be decoded; replace or remove it")
+        return self.images[i]
+
+
+def _tiny_run(steps: int, **train_options):
+    from test_training import tiny_run
+
+    return tiny_run(steps=steps, **train_options)
+
+
+def test_an_image_that_fails_mid_run_saves_the_last_step(tmp_path):
+    digits = load_dataset("digits", size=8).images[:200]
+    good = WrappedDataset(Failing(digits))
+    bad = WrappedDataset(Failing(digits, bad=1))  # 1 is not among the fingerprinted examples
+    run_config = _tiny_run(30, checkpoint_every=0)  # 240 examples: example 1 is drawn
+    with pytest.raises(BadFile, match=r"1\.png cannot be decoded.*saved step \d+ in") as caught:
+        train(run_config, tmp_path / "cut", progress=False, dataset=bad)
+    assert "\n" not in str(caught.value)
+    saved = list_checkpoints(tmp_path / "cut" / "checkpoints")
+    assert len(saved) == 1 and saved[0].name != "step-000000"
+    end = train(run_config, tmp_path / "cut", resume=True, progress=False, dataset=good)
+    whole = train(run_config, tmp_path / "whole", progress=False, dataset=good)
+    assert_same(end, whole)
+
+
+def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    from ddim.training import loop
+
+    real, calls = loop.diffusion_loss, []
+
+    def diverge_at_step_5(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if len(calls) == 5 else loss
+
+    monkeypatch.setattr(loop, "diffusion_loss", diverge_at_step_5)
+    with pytest.raises(NonFinite, match=r"loss at step 5 is not finite.*saved step 4 in") as caught:
+        train(_tiny_run(8, checkpoint_every=3), tmp_path, progress=False)
+    assert "\n" not in str(caught.value)
+    saved = list_checkpoints(tmp_path / "checkpoints")
+    assert [step_of(c) for c in saved] == [3, 4]
+    for checkpoint in saved:
+        assert all(torch.isfinite(t).all() for t in weights(checkpoint).values())
+
+
+def test_non_finite_weights_are_never_saved(tmp_path, monkeypatch):
+    from ddim.training import loop
+
+    real = loop.ema_update
+
+    def poison(ema, params, decay):
+        real(ema, params, decay)
+        ema[0].fill_(float("inf"))
+
+    monkeypatch.setattr(loop, "ema_update", poison)
+    with pytest.raises(NonFinite, match="weights became non-finite by step 1"):
+        train(_tiny_run(2, checkpoint_every=1), tmp_path, progress=False)
+    assert not list_checkpoints(tmp_path / "checkpoints")
+
+
+def test_safetensors_garbage_is_one_line(damaged, capsys):
+    safetensors.torch.save_file({"x": torch.zeros(1)}, ckpt(damaged, 3) / "model.safetensors")
+    (ckpt(damaged, 3) / "ema.safetensors").write_bytes(b"\x00" * 64)
+    assert run("sample", "--checkpoint", ckpt(damaged, 3), "--out", damaged / "g.png") == 2
+    assert "ema.safetensors is not a safetensors file" in one_line(capsys.readouterr().err)
