@@ -1,0 +1,79 @@
+"""benchmarks/gpu_check.py runs (at tiny sizes on the CPU) so that it cannot rot; and the
+CUDA-marked tests it runs on a GPU: bf16 autocast, a one-GPU NCCL group, device-side noise."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+import ddim
+from ddim import PerSampleNoise
+from ddim.models import UNet, UNetConfig
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _gpu_check():
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_runs_tiny_on_the_cpu():
+    lines = _gpu_check().main(["--device", "cpu", "--tiny", "--skip-tests"])
+    text = "\n".join(lines)
+    assert "| ours | 8 |" in text and "| ours | 16 |" in text
+    anchors = [line.split("|") for line in lines if line.startswith("| diffusers (width")]
+    ours = [line.split("|") for line in lines if line.startswith("| ours |")]
+    assert len(anchors) == 2
+    for a, o in zip(anchors, ours):  # the anchor's width matches our forward FLOPs per image
+        assert 0.6 < float(a[3]) / float(o[3]) < 1.6
+    for sampler, eta in (("ddim", "0"), ("ddim", "1"), ("dpmpp_2m", "0"), ("ddpm", "1")):
+        assert f"| {sampler}, eta={eta} |" in text
+    assert text.count("n/a (CPU)") == 4
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_bf16_autocast_forward_is_close_to_float32():
+    net = UNet(UNetConfig(in_channels=3, base_channels=32)).cuda().eval()
+    x, t = torch.randn(4, 3, 32, 32, device="cuda"), torch.tensor([1, 200, 500, 999], device="cuda")
+    with torch.no_grad():
+        full = net(x, t)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            half = net(x, t)
+    assert half.dtype == torch.bfloat16 and torch.isfinite(half).all()
+    assert (half.float() - full).norm() / full.norm() < 0.05
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_one_gpu_nccl_group(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("nccl", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        x = torch.arange(4.0, device="cuda")
+        dist.all_reduce(x)
+        assert torch.equal(x.cpu(), torch.arange(4.0))
+        out = [torch.zeros(4, device="cuda")]
+        dist.all_gather(out, x)
+        assert torch.equal(out[0], x)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_sampling_equals_the_cpu_with_philox_noise():
+    schedule = ddim.NoiseSchedule.linear(100)
+    model = lambda x, t: 0.5 * x  # noqa: E731
+    runs = []
+    for device in ("cpu", "cuda"):
+        x_T = PerSampleNoise.from_seed(2, 16, philox=True).randn((3, 4, 4), device=device)  # noqa: N806
+        noise = PerSampleNoise.from_seed(2, 16, stream=1, philox=True)
+        runs.append(ddim.sample(model, x_T, schedule, 10, eta=1.0, generator=noise).cpu())
+    assert torch.allclose(runs[0], runs[1], atol=1e-5)
