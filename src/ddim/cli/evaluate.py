@@ -91,7 +91,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "from the same x_T, and write a markdown table, a CSV and a plot of the metric "
         "against model calls.",
     )
-    p.add_argument("--checkpoint", required=True, metavar="RUN_DIR")
+    p.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="the run or checkpoint to sample")
     p.add_argument(
         "--samplers",
         type=_samplers,
@@ -106,8 +106,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         help="budgets of model calls (default 5,10,20,50,100)",
     )
     p.add_argument("--n", type=positive_int, default=2000, help="samples per cell (default 2000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=positive_int, default=250)
+    p.add_argument("--seed", type=int, default=0, help="seed of the shared x_T (default 0)")
+    p.add_argument("--batch-size", type=positive_int, default=250, help="images per batch (default 250)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for samplers.md, .csv and .png")
     _add_metric_options(p)
     add_run_options(p)
