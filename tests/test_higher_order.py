@@ -202,12 +202,13 @@ DIFFUSERS_SCHEDULE = dict(
 
 
 @pytest.mark.parametrize("steps", [3, 5, 10, 20])
-def test_dpmpp_2m_equals_diffusers_dpm_solver_multistep(steps):
+@pytest.mark.parametrize("spacing", ["logsnr", "trailing"])  # log-SNR steps equal, and unequal
+def test_dpmpp_2m_equals_diffusers_dpm_solver_multistep(steps, spacing):
     """DPMSolverMultistepScheduler (dpmsolver++, order 2, lower-order final step to sigma = 0) on
-    our log-SNR grid, which it takes as custom timesteps. It keeps sigmas in float32: measured
+    our grids, which it takes as custom timesteps. It keeps sigmas in float32: measured
     differences up to 1.2e-5. (3M differs by design: see dpm_solver.py on diffusers' D2.)"""
     diffusers = pytest.importorskip("diffusers")
-    grid = make_timesteps(SCHED.T, steps, "logsnr", schedule=SCHED).tolist()
+    grid = make_timesteps(SCHED.T, steps, spacing, schedule=SCHED).tolist()
     scheduler = diffusers.DPMSolverMultistepScheduler(
         **DIFFUSERS_SCHEDULE, algorithm_type="dpmsolver++", solver_order=2
     )
