@@ -134,6 +134,8 @@ class Pipeline(RealImages):
         progress: bool = True,
     ) -> Iterator[np.ndarray | Tensor]:
         """`sample`, one batch at a time (memory stays flat for any n)."""
+        if n < 1:
+            raise BadValue(f"n must be at least 1, got {n}")
         if guidance != 1.0 and label is None:
             raise BadValue("--guidance needs --class (label= in Python): guidance steers towards a class")
         self._out(torch.zeros(0, 1, 1, 1), output)

@@ -197,8 +197,8 @@ def run_sample(args: argparse.Namespace) -> None:
     check_file(args.npz, "--npz", ".npz")
     check_file(args.trajectory, "--trajectory", ".png")
     args.out_dir = check_folder(args.out_dir, "--out-dir")
-    if args.latents and (args.label is not None or args.eta):
-        raise BadValue("--latents decodes saved latents deterministically; drop --class and --eta")
+    if args.latents and (args.label is not None or args.eta or args.trajectory):
+        raise BadValue("--latents decodes saved latents as they are; drop --class, --eta and --trajectory")
     if args.latents and not Path(args.latents).is_file():
         raise MissingFile(f"--latents {args.latents} does not exist; write latents with `ddim invert`")
     if dry_run(args):
