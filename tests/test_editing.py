@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from oracles import GaussianOracle
+from test_exact_inversion import Linear
 
 import ddim
 from ddim.errors import BadValue, NonFinite
@@ -131,15 +132,6 @@ def test_the_fill_is_the_conditional_of_correlated_gaussian_data():
 
 
 # ---- both: autograd and non-finite results --------------------------------------------------------
-class Linear(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.tensor(0.5))
-
-    def forward(self, x, t):
-        return self.w * x
-
-
 def test_no_autograd_unless_asked():
     x0, mask = torch.randn(2, 4), torch.tensor([0.0, 0.0, 1.0, 1.0])
     for out in (
