@@ -70,6 +70,19 @@ def test_importing_ddim_sets_a_passive_wait_before_torch_starts():
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert run.stdout.split() == ["PASSIVE"]
-    code = "import torch, os, ddim; print(os.environ.get('OMP_WAIT_POLICY'))"  # torch first: too late
-    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert run.stdout.split() == ["None"]
+
+
+def test_compile_model_caches_under_the_ddim_cache_dir(monkeypatch, tmp_path):
+    from ddim.models.compile import compile_model, compile_pays
+
+    monkeypatch.setenv("DDIM_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    net = torch.nn.Linear(2, 2)
+    assert compile_model(net, "cpu", enabled=False) is net
+    assert compile_model(net, "cpu", enabled=None) is net  # auto: not on the CPU (docs/performance.md)
+    assert compile_pays("cuda") and not compile_pays("cpu")
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: calls.append(kw) or ("compiled", model))
+    assert compile_model(net, "cpu", enabled=True) == ("compiled", net)
+    assert calls == [{"dynamic": False}]
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")
