@@ -147,12 +147,15 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_interpolate)
 
 
-def _save(images: torch.Tensor, out, npz, nrow: int | None = None) -> None:
-    """Data first, then the picture."""
-    if npz:
-        np.savez(npz, images=to_uint8(images))
-        print(f"wrote {npz}")
-    print(f"wrote {save_grid(images, out, nrow=nrow)}")
+def _save(images: torch.Tensor, args: argparse.Namespace) -> None:
+    """Data first (--npz), then the pictures (--out-dir, --out)."""
+    if args.npz:
+        np.savez(args.npz, images=to_uint8(images))
+        print(f"wrote {args.npz}")
+    if args.out_dir:
+        write_pngs(to_uint8(images), args.out_dir, args.seed, 0)
+        print(f"wrote {len(images)} PNGs to {args.out_dir}")
+    print(f"wrote {save_grid(images[:GRID_MAX], args.out)} ({len(images)} images)")
 
 
 def _stream(pipe: Pipeline, args: argparse.Namespace, options: dict) -> torch.Tensor:
@@ -217,7 +220,7 @@ def run_sample(args: argparse.Namespace) -> None:
             batch_size=args.batch_size,
             output="tensor",
         )
-        _save(images, args.out, args.npz)
+        _save(images, args)
         return
     options = dict(
         steps=args.steps,
