@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import ddim
@@ -59,8 +60,9 @@ def latents(trained_run: Path, images, tmp_path_factory) -> Path:
     return out
 
 
-def test_invert_records_what_decoding_needs(latents: Path, trained_run: Path):
+def test_invert_records_what_decoding_needs(latents: Path, trained_run: Path, images, pipe):
     z = Latents.load(latents)
+    assert torch.equal(z.z, pipe.invert(images[0], steps=4, progress=False).z)  # pipeline == CLI
     assert z.sampler == ddim.EXACT_INVERTIBLE[0] and z.steps == 4 and z.spacing == "trailing"
     assert z.sources == ["0.png", "1.png", "2.png"] and z.image_shape == (1, SIZE, SIZE)
     assert Path(z.checkpoint).name == "step-000002" and Path(z.checkpoint).parent.parent == trained_run
