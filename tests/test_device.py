@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from ddim.device import cgroup_cpu_limit, choose_threads, resolve_device, thread_count, usable_cpus
+from ddim.device import cgroup_cpu_limit, choose_threads, resolve_device, usable_cpus
 from ddim.errors import BadValue
 
 
@@ -45,17 +45,12 @@ def test_usable_cpus_takes_the_smaller_of_affinity_and_quota(tmp_path):
     assert usable_cpus(tmp_path) == mask
 
 
-@pytest.mark.parametrize(
-    "cpus, load, expected", [(2, 0.0, 2), (2, 0.9, 1), (2, 1.4, 1), (2, 6.0, 1), (8, 2.2, 6), (4, None, 4)]
-)
-def test_threads_leave_busy_cpus_alone(cpus, load, expected):
-    assert thread_count(cpus, load) == expected
-
-
 def test_choose_threads_sets_torch(monkeypatch):
     before = torch.get_num_threads()
     try:
         assert choose_threads(1) == 1 and torch.get_num_threads() == 1
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert choose_threads() == usable_cpus() == torch.get_num_threads()
         monkeypatch.setenv("DDIM_THREADS", "2")
         assert choose_threads() == 2 and torch.get_num_threads() == 2
         monkeypatch.setenv("DDIM_THREADS", "zero")

@@ -5,10 +5,13 @@ costs a run its fair share and no more).
     ddim.device.choose_threads()   # once, at CLI start (ddim.cli.main does it)
 
 Threads: the usable CPUs are the affinity mask (os.sched_getaffinity) capped by the cgroup's CPU
-quota (v2 cpu.max, v1 cpu.cfs_quota_us / cpu.cfs_period_us), less the CPUs that other processes
-already keep busy (the 1-minute load average, rounded), at least one. A parallel region is only
-as fast as its slowest thread, so a thread that shares its core with a busy process stalls all
-the others (benchmarks/busy_machine.py measures it; docs/performance.md). OMP_WAIT_POLICY=PASSIVE
+quota (v2 cpu.max, v1 cpu.cfs_quota_us / cpu.cfs_period_us). A parallel region is only as fast
+as its slowest thread, so a thread that shares its core with a busy process makes the others
+wait; spinning while they wait (OpenMP's default) burns the CPU time the late thread needs, and
+on this 2-core machine beside other busy processes made a training step 10x slower or worse
+(benchmarks/busy_machine.py; docs/performance.md). With waiting threads asleep, one thread per
+usable CPU was faster than one thread even on the busy machine, so the load is not used to
+lower the count. OMP_WAIT_POLICY=PASSIVE
 (threads that wait sleep instead of spinning) only works if set before torch starts OpenMP, so
 this module calls `passive_wait()` when imported, and `ddim/__init__.py` imports it first: it
 sets the policy unless torch was imported before ddim or the user chose a policy.
@@ -83,14 +86,6 @@ def usable_cpus(root: Path = Path("/sys/fs/cgroup")) -> int:
     return max(cpus, 1)
 
 
-def thread_count(cpus: int, load: float | None) -> int:
-    """Intra-op threads for `cpus` usable CPUs when other processes keep `load` of them busy (the
-    1-minute load average, which does not yet count this process): the idle ones, at least 1."""
-    if load is None:
-        return cpus
-    return max(1, min(cpus, cpus - round(load)))
-
-
 def passive_wait() -> bool:
     """Ask OpenMP's waiting threads to sleep rather than spin (OMP_WAIT_POLICY=PASSIVE, unless the
     user set a policy). True if it can take effect, i.e. torch was not imported yet."""
@@ -101,8 +96,8 @@ def passive_wait() -> bool:
 
 
 def choose_threads(threads: int | None = None) -> int:
-    """Set torch's intra-op threads: `threads` if given, else $DDIM_THREADS, else
-    `thread_count(usable_cpus(), load average)`; returns the count. OMP_NUM_THREADS set by the user
+    """Set torch's intra-op threads: `threads` if given, else $DDIM_THREADS, else `usable_cpus()`;
+    returns the count. OMP_NUM_THREADS set by the user
     is respected (torch already read it)."""
     import torch
 
@@ -116,11 +111,7 @@ def choose_threads(threads: int | None = None) -> int:
     if threads is None:
         if os.environ.get("OMP_NUM_THREADS"):
             return torch.get_num_threads()
-        try:
-            load = os.getloadavg()[0]
-        except OSError:
-            load = None
-        threads = thread_count(usable_cpus(), load)
+        threads = usable_cpus()
     torch.set_num_threads(threads)
     return threads
 
