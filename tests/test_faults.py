@@ -326,7 +326,7 @@ def test_resume_refuses_other_data(damaged, tmp_path, capsys):
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--lr", "inf"], "--lr: must be a finite number > 0"),
+        (["--lr", "inf"], "--lr: must be a finite number > 0, got inf"),
         (["--lr", "nan"], "--lr: must be a finite number > 0"),
         (["--lr", "5"], "lr must lie in (0, 1]"),
         (["--offset-noise", "1e30"], "offset_noise must lie in [0, 1]"),
@@ -345,7 +345,8 @@ def test_absurd_training_flags_are_one_line(tmp_path, flags, message, capsys):
 @pytest.mark.parametrize("flags", [["--eta", "inf"], ["--guidance", "inf"], ["--clip", "inf"]])
 def test_non_finite_sampling_flags_are_one_line(reference, tmp_path, flags, capsys):
     assert run("sample", "--checkpoint", reference, "--out", tmp_path / "g.png", *flags) == 2
-    assert "must be" in one_line(capsys.readouterr().err)
+    line = one_line(capsys.readouterr().err)
+    assert f"{flags[0]}: must be " in line and "finite" in line
 
 
 # ---- failures inside a step ------------------------------------------------------------------

@@ -27,9 +27,7 @@ def _number(kind: type, text: str, ok: Callable[[Any], bool], what: str) -> Any:
         value = kind(text)
     except (ValueError, OverflowError):
         raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-    if isinstance(value, float) and not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be finite ({what}), got {text}")
-    if not ok(value):
+    if (isinstance(value, float) and not math.isfinite(value)) or not ok(value):
         raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
     return value
 
@@ -48,11 +46,11 @@ def seed(text: str) -> int:
 
 
 def positive_float(text: str) -> float:
-    return _number(float, text, lambda v: v > 0, "a number > 0")
+    return _number(float, text, lambda v: v > 0, "a finite number > 0")
 
 
 def non_negative_float(text: str) -> float:
-    return _number(float, text, lambda v: v >= 0, "a number >= 0")
+    return _number(float, text, lambda v: v >= 0, "a finite number >= 0")
 
 
 def unit_float(text: str) -> float:
@@ -76,7 +74,7 @@ def clip_value(text: str) -> Clip:
     """ "none" -> None, "dynamic" -> "dynamic", a number c > 0 -> clamp x0 to [-c, c]."""
     if text in ("none", "dynamic"):
         return None if text == "none" else text
-    return _number(float, text, lambda v: v > 0, "'none', 'dynamic' or a number > 0")
+    return _number(float, text, lambda v: v > 0, "'none', 'dynamic' or a finite number > 0")
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:

@@ -272,7 +272,7 @@ def _train(
             log.close()
     if is_distributed():
         dist.barrier()  # the other ranks wait for rank 0's last checkpoint
-    return last_saved
+    return last_saved if main else ckpt_root / step_dir_name(step)
 
 
 def _rescue(main: bool, consistent: bool, completed: dict, last_saved: Path | None, save) -> str:
