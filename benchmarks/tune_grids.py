@@ -57,35 +57,40 @@ def main() -> None:
     x_T = PerSampleNoise.from_seed(args.tune_seed, args.n_tune).randn(shape)  # noqa: N806
     ref = reference_solve(model, schedule, x_T, args.reference_steps, **kw)
     ref_seconds = time.perf_counter() - started
-    grids, tune_seconds = {}, {}
-    for c in calls:
-        info: dict = {}
-        grids[c] = tune_timesteps(model, schedule, shape, c, args.sampler, args.n_tune, args.tune_seed,
-                                  reference=ref, max_evals=args.max_evals, info=info, **kw)  # fmt: skip
-        tune_seconds[c] = info["seconds"]
-        print(f"calls {c}: {grids[c]} in {info['seconds']:.0f} s, start errors {info['start_errors']}, "
-              f"tuned {info['error']:.3g}", flush=True)  # fmt: skip
 
     def fd(sampler: str, spacing, steps: int) -> float:
         images = generate(model, schedule, shape, args.n, seed=args.seed, steps=steps, sampler=sampler,
                           spacing=spacing, **kw)  # fmt: skip
         return evaluate(images, args.reference, "digits")
 
-    rows = []
-    base = fd("ddim", "trailing", args.baseline_calls)
-    for c in calls:
-        steps = steps_for(args.sampler, c)
-        row = {"calls": c, "tuned": fd(args.sampler, grids[c], steps)["fid"], "grid": grids[c],
-               "tune_seconds": tune_seconds[c]}  # fmt: skip
-        for name in FIXED:
-            row[name] = fd(args.sampler, name, steps)["fid"]
-        rows.append(row)
-        print(row, flush=True)
     results = {"checkpoint": str(ckpt.path), "sampler": args.sampler, "n": args.n, "n_tune": args.n_tune,
-               "reference_seconds": ref_seconds, "fid_floor": base["fid_floor"], "rows": rows,
-               f"ddim_{args.baseline_calls}": base["fid"], "args": vars(args)}  # fmt: skip
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+               "reference_seconds": ref_seconds, "args": vars(args), "rows": []}  # fmt: skip
+    rows: dict[int, dict] = {}
 
+    def save() -> None:  # after every cell, so that a cut-short run leaves its figures
+        results["rows"] = [rows[c] for c in calls if c in rows]
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+
+    base = None
+    for c in sorted(calls, key=lambda c: c != 5):  # 5 calls first: the bar, against DDIM at 20
+        info: dict = {}
+        grid = tune_timesteps(model, schedule, shape, c, args.sampler, args.n_tune, args.tune_seed,
+                              reference=ref, max_evals=args.max_evals, info=info, **kw)  # fmt: skip
+        print(f"calls {c}: {grid} in {info['seconds']:.0f} s, start errors {info['start_errors']}, "
+              f"tuned {info['error']:.3g}", flush=True)  # fmt: skip
+        steps = steps_for(args.sampler, c)
+        rows[c] = {"calls": c, "grid": grid, "tune_seconds": info["seconds"], "tune_error": info["error"],
+                   "start_errors": info["start_errors"]}  # fmt: skip
+        rows[c]["tuned"] = fd(args.sampler, grid, steps)["fid"]
+        save()
+        if base is None:
+            base = fd("ddim", "trailing", args.baseline_calls)
+            results.update(fid_floor=base["fid_floor"], baseline=base["fid"])
+        for name in FIXED:
+            rows[c][name] = fd(args.sampler, name, steps)["fid"]
+            save()
+        print(rows[c], flush=True)
+    rows = [rows[c] for c in calls]
     print(f"\n{args.sampler} on {ckpt.path} ({args.n} samples a cell, floor {base['fid_floor']:.2f}; "
           f"DDIM trailing at {args.baseline_calls} calls: {base['fid']:.2f}; reference solve "
           f"{ref_seconds:.0f} s)\n")  # fmt: skip
