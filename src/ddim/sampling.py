@@ -62,7 +62,7 @@ def check_finite(x: Tensor, what: str) -> Tensor:
 
 def sample(
     model: Callable[..., Tensor],
-    x_T: Tensor,  # noqa: N803
+    x_T: Tensor,
     schedule: NoiseSchedule,
     steps: int | None = None,
     eta: float = 0.0,

@@ -129,7 +129,7 @@ def exact_invert(
     coefs = COEFS[method]
     steps = grid_steps(schedule, timesteps)
     a = [s.a_t for s in steps] + [1.0]
-    S = len(steps)  # noqa: N806
+    S = len(steps)
     eps, x0_est = predict(x0, steps[-1].t, None)
     y_n, y = x0, ddim_move(x0, eps, a[S - 1])  # DDIM eq. 12 run upwards from a = 1 (DDIM sec. 4.3)
     if callback is not None:
