@@ -204,7 +204,7 @@ def _resumed_run(args: argparse.Namespace) -> RunConfig:
     for section in ("data", "model", "diffusion"):
         given |= {(section, name): value for name, value in _given(args, section).items()}
     changed = [
-        f"--{name.replace('_', '-')}"
+        "--data" if name == "dataset" else f"--{name.replace('_', '-')}"
         for (section, name), value in given.items()
         if value != getattr(getattr(run, section), name)
     ]
