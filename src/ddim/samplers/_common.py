@@ -3,14 +3,13 @@ the log-SNR and order bookkeeping of the multistep solvers."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from torch import Tensor
 
 from ddim.errors import BadValue
-from ddim.schedule import NoiseSchedule
+from ddim.schedule import NoiseSchedule, log_snr
 
 Callback = Callable[[int, int, Tensor, Tensor], None]  # (i, t, x, x0_estimate)
 
@@ -42,7 +41,7 @@ def half_log_snr(a: float) -> float:
     """DPM-Solver's lambda = log(alpha / sigma), half the log-SNR (Lu et al. 2022, sec. 2), for
     a < 1; -inf at a = 0 (zero terminal SNR), where the step-size ratio r = h_prev / h of the
     next multistep update becomes infinite and its correction (~ 1/r) vanishes."""
-    return -math.inf if a == 0 else 0.5 * (math.log(a) - math.log1p(-a))
+    return 0.5 * log_snr(a)  # log-SNR is computed in one place, schedule.log_snr
 
 
 def multistep_order(i: int, n: int, order: int, lower_order_final: bool) -> int:
