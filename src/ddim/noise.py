@@ -16,12 +16,13 @@ Where the noise is drawn decides how (the same for every batch size and process 
   which is several times faster there than Philox in eager tensor ops. Only the rows of
   the examples asked for are drawn.
 So a seed gives different (equally valid) noise on the CPU and on a GPU. Either way the draws are
-made CHUNK draws ahead (a fixed schedule of chunk sizes that depends only on the shape), so a
-stochastic sampler does a handful of generator calls per run rather than per step.
+made several draws at a time (a number that depends only on the shape: `chunk_sizes`), so a
+stochastic sampler on small images makes a generator call per example every few steps.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -37,8 +38,8 @@ MASK = 0xFFFFFFFF
 # Philox-4x32 multipliers and Weyl key increments (Salmon et al. 2011, sec. 4.2; Random123)
 PHILOX_M = (0xD2511F53, 0xCD9E8D57)
 PHILOX_W = (0x9E3779B9, 0xBB67AE85)
-CHUNK_ELEMENTS = 2**16  # at most this many values per example are drawn ahead
-MAX_CHUNK = 8  # draws made ahead at most (a sampler wastes fewer than this at its end)
+CHUNK_ELEMENTS = 2**14  # values per example drawn at a time (at least one draw)
+MAX_CHUNK = 32  # draws made at a time at most
 
 
 def seed_for(seed: int, *keys: int) -> int:
@@ -94,15 +95,11 @@ def philox_normal(seed: int, stream: int, index: Tensor, draw: int, count: int, 
 
 
 def chunk_sizes(m: int):
-    """The numbers of draws made at a time for values of m elements: 1, 1, 2, 4, ... up to a cap
-    that keeps a chunk under CHUNK_ELEMENTS values (1 for big images). Depends on m only, so the
-    CPU streams are the same for any batch."""
-    cap = max(1, min(MAX_CHUNK, CHUNK_ELEMENTS // max(m, 1)))
-    yield 1
-    size = 1
-    while True:
-        yield size
-        size = min(2 * size, cap)
+    """The numbers of draws made at a time for values of m elements: one first (x_T is one draw),
+    then as many as fit in CHUNK_ELEMENTS (at most MAX_CHUNK, at least 1), so that small images
+    cost a generator call per example every few steps rather than every step. Depends on m only,
+    so the CPU streams are the same for any batch."""
+    return itertools.chain([1], itertools.repeat(max(1, min(MAX_CHUNK, CHUNK_ELEMENTS // max(m, 1)))))
 
 
 class PerSampleNoise:
@@ -124,8 +121,8 @@ class PerSampleNoise:
         self.generators = generators  # one per example, given by the caller: used as they are
         self.philox = philox  # None: Philox on a GPU, per-example mt19937 on the CPU
         self.draws = 0  # calls of randn so far
-        self._cache: Tensor | None = None  # [n, k, *shape]: draws self._first.. made ahead
-        self._first = 0
+        self._views: Sequence[Tensor] = ()  # draws self._first.. made ahead, each [n, *shape]
+        self._first, self._key = 0, None
         self._sizes = None  # the chunk sizes still to come (fixed by the first shape drawn)
         self._gens: list[torch.Generator] | None = None
 
@@ -170,17 +167,17 @@ class PerSampleNoise:
         shape = tuple(shape)
         if self.generators is not None:
             return self._from_generators(shape, device, dtype)
-        cache = self._cache
-        if cache is None or not self._first <= self.draws < self._first + cache.shape[1]:
-            cache = self._refill(shape, device)
-        elif cache.shape[2:] != shape or cache.device != device:
-            self._sizes = iter(lambda: 1, None)  # the chunk layout was for another shape: one by one
-            cache = self._refill(shape, device)
-        z = cache[:, self.draws - self._first]
+        views, key = self._views, (shape, device)
+        if not self._first <= self.draws < self._first + len(views):
+            views = self._refill(shape, device)
+        elif key != self._key:
+            self._sizes = itertools.repeat(1)  # the chunk layout was for another shape: one by one
+            views = self._refill(shape, device)
+        z = views[self.draws - self._first]
         self.draws += 1
-        return z.to(dtype=dtype or torch.get_default_dtype())  # a view of the chunk, no copy
+        return z if dtype is None or dtype == z.dtype else z.to(dtype)  # a view of the chunk
 
-    def _refill(self, shape: tuple[int, ...], device: torch.device) -> Tensor:
+    def _refill(self, shape: tuple[int, ...], device: torch.device) -> list[Tensor]:
         """Draw the next chunk of draws for every example, starting at draw self.draws."""
         m = math.prod(shape)
         if self._sizes is None:
@@ -195,8 +192,8 @@ class PerSampleNoise:
             index = self.indices.to(device, non_blocking=True)
             z = philox_normal(self.seed, self.stream, index, self.draws, count, m)
             z = z.to(torch.float32).view(n, count, *shape)
-        self._cache, self._first = z, self.draws
-        return z
+        self._views, self._first, self._key = z.unbind(1), self.draws, (shape, device)
+        return self._views
 
     def _cpu_generators(self) -> list[torch.Generator]:
         """One mt19937 generator per example (made once per PerSampleNoise), seeded by
