@@ -62,6 +62,7 @@ def _add_metric_options(p: argparse.ArgumentParser) -> None:
         help="reference images, split into two halves for the floor (default 10000)",
     )
     p.add_argument("--split", default="train", help="the reference split (default train)")
+    p.add_argument("--root", metavar="DIR", help="where a torchvision reference lives (default ./data)")
     p.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="where reference statistics are cached")
 
 
@@ -120,6 +121,7 @@ def _metric_kwargs(args: argparse.Namespace) -> dict:
         "features": features,
         "n_reference": args.n_reference,
         "split": args.split,
+        "root": args.root,
         "cache_dir": args.cache_dir or None,
     }
 
