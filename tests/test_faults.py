@@ -450,3 +450,16 @@ def test_safetensors_garbage_is_one_line(damaged, capsys):
     (ckpt(damaged, 3) / "ema.safetensors").write_bytes(b"\x00" * 64)
     assert run("sample", "--checkpoint", ckpt(damaged, 3), "--out", damaged / "g.png") == 2
     assert "ema.safetensors is not a safetensors file" in one_line(capsys.readouterr().err)
+
+
+def test_the_lock_is_per_process_and_released_on_exit(tmp_path):
+    from ddim.errors import RunBusy
+    from ddim.training.run_folder import RunFolder, remove_run
+
+    with RunFolder(tmp_path / "run", fresh=True):
+        with pytest.raises(RunBusy, match=f"{tmp_path / 'run'} is being trained by pid {os.getpid()}"):
+            RunFolder(tmp_path / "run", fresh=False).__enter__()
+        with pytest.raises(RunBusy):
+            remove_run(tmp_path / "run")
+    remove_run(tmp_path / "run")  # released: the run (only ddim's files) may go
+    assert not (tmp_path / "run").exists()

@@ -14,7 +14,6 @@ from safetensors.torch import load_file
 
 from ddim.config import DiffusionConfig, RunConfig, TrainConfig
 from ddim.data import DataConfig, TensorImageDataset, WrappedDataset, load_dataset
-from ddim.device import resolve_device
 from ddim.errors import BadValue
 from ddim.models import UNetConfig
 from ddim.training import ema_decay_at, ema_update, lr_at, train
@@ -133,16 +132,6 @@ def test_the_library_shares_the_config_checks():
         TrainConfig(lr=float("nan"))
     with pytest.raises(BadValue, match="data.size must be of type"):
         RunConfig(data=DataConfig(size="ab"))
-
-
-def test_resolve_device():
-    assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(BadValue, match="unknown device"):
-        resolve_device("gpu")
-    for name in ("meta", "xla", "cuda:99"):  # devices torch names but cannot train on here
-        with pytest.raises(BadValue, match=repr(name)):
-            resolve_device(name)
 
 
 # ---- short runs ------------------------------------------------------------------------------

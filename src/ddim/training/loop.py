@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import signal
 import time
 from pathlib import Path
 
@@ -63,7 +64,7 @@ from ddim.training.ema import ema_decay_at, ema_update
 from ddim.training.log import TrainLog
 from ddim.training.lr import lr_at
 from ddim.training.preview import sample_images
-from ddim.training.run_folder import RunFolder
+from ddim.training.run_folder import RunFolder, check_writable
 from ddim.training.state import capture, restore
 from ddim.training.stop import StopSignals
 
@@ -110,6 +111,9 @@ def _train(
 ) -> Path:
     cfg, main, sharding = run.train, is_main_process(), (rank(), world_size())
     ckpt_root = out_dir / CHECKPOINTS
+    if main:  # every output folder writable now, not after the first steps
+        for folder in (ckpt_root, out_dir / "samples") if cfg.sample_every else (ckpt_root,):
+            check_writable(folder)
     existing = list_checkpoints(ckpt_root)
     if existing and not resume:
         raise BadValue(
@@ -257,8 +261,10 @@ def _train(
         raise
     except BaseException as e:
         note = _rescue(main, consistent, completed, last_saved, save)
+        if stop.requested:  # what the signal caused (a second Ctrl-C, DataLoader workers it ended)
+            raise Stopped(f"stopped by {stop.name}: {note}; continue with --resume", stop.signum) from None
         if isinstance(e, KeyboardInterrupt):
-            raise Stopped(f"interrupted: {note}; continue with --resume", stop.signum or 2) from None
+            raise Stopped(f"interrupted: {note}; continue with --resume", signal.SIGINT) from None
         if isinstance(e, OSError) and from_os_error(e) is not None:
             raise PathError(f"{from_os_error(e)}; {note}") from e
         if isinstance(e, DdimError):
