@@ -81,3 +81,11 @@ def test_compile_model_caches_under_the_ddim_cache_dir(monkeypatch, tmp_path):
     assert compile_model(net, "cpu", enabled=True) == ("compiled", net)
     assert calls == [{"dynamic": False}]
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # torch's own default: replaced
+    compile_model(net, "cpu", enabled=True)
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))  # the user's: kept
+    compile_model(net, "cpu", enabled=True)
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")

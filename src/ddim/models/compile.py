@@ -31,14 +31,18 @@ def cache_dir() -> Path:
 
 def use_compile_cache() -> Path:
     """Point inductor's on-disk caches (FX graphs, AOTAutograd, kernels) at cache_dir() / inductor,
-    unless the user chose TORCHINDUCTOR_CACHE_DIR; returns the folder."""
-    folder = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor")))
+    unless the user chose another TORCHINDUCTOR_CACHE_DIR (torch fills in its default in /tmp
+    when dynamo is first imported, e.g. by an optimizer: that one is replaced); returns it."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, "", default_cache_dir()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_dir() / "inductor")
     import torch._functorch.config as functorch_config
     import torch._inductor.config as inductor_config
 
     inductor_config.fx_graph_cache = True
     functorch_config.enable_autograd_cache = True
-    return folder
+    return Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
 
 
 def compile_pays(device: torch.device | str) -> bool:
