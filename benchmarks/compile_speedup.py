@@ -70,6 +70,8 @@ def run(cfg: tuple[int, int, int], mode: str, steps: int, cache: str) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument("--modes", nargs="+", default=["train", "sample"], choices=["train", "sample"])
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
@@ -77,8 +79,9 @@ def main() -> None:
         print(json.dumps(worker(size, channels, batch, mode, args.steps)))
         return
     rows = []
-    for name, cfg in CONFIGS.items():
-        for mode in ("train", "sample"):
+    for name in args.configs:
+        cfg = CONFIGS[name]
+        for mode in args.modes:
             with tempfile.TemporaryDirectory() as cache:
                 first = run(cfg, mode, args.steps, cache)
                 second = run(cfg, mode, args.steps, cache)
