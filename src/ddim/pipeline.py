@@ -74,6 +74,13 @@ class Pipeline(RealImages):
     bf16: bool = False
     step: int | None = None  # the training step of a ddim checkpoint
 
+    def __repr__(self) -> str:
+        c, h, w = self.image_shape
+        return (
+            f"Pipeline({str(self.path)!r}, {c}x{h}x{w} images, prediction={self.prediction!r}, "
+            f"clip={self.clip}, device={self.device})"
+        )
+
     @property
     def device(self) -> torch.device:
         return model_device(self.model)
