@@ -21,7 +21,7 @@ from ddim.inputs import ImagesIn, read_images, read_mask
 from ddim.latents import Latents
 from ddim.noise import PerSampleNoise
 from ddim.prediction import Clip
-from ddim.samplers import DEFAULT_SPACINGS, EXACT_INVERTIBLE, interpolate_latents, slerp
+from ddim.samplers import DEFAULT_SPACINGS, EXACT_INVERTIBLE, interpolate_latents
 from ddim.sampling import invert
 
 DATA_CLIP = 1.0  # ddim and diffusers checkpoints model images in [-1, 1]: clamp x0 estimates to it
@@ -161,7 +161,7 @@ class RealImages:
             raise BadValue(f"n must be at least 2 (the two ends), got {n}")
         if isinstance(a, int) and isinstance(b, int):
             z0, z1 = (PerSampleNoise.from_seed(seed, 1).randn(self.image_shape) for seed in (a, b))
-            z = torch.cat([slerp(z0, z1, float(w)) for w in torch.linspace(0, 1, n)])
+            z = interpolate_latents(z0, z1, n)
             return self.decode(
                 z,
                 steps=steps,
