@@ -130,7 +130,7 @@ def sync(device: torch.device) -> None:
 
 def sampling(model, sampler: str, eta: float, batch: int, size: int, steps: int, device) -> Callable:
     schedule = ddim.NoiseSchedule.linear(1000)
-    x_T = PerSampleNoise.from_seed(0, batch).randn((3, size, size), device=device)  # noqa: N806
+    x_T = PerSampleNoise.from_seed(0, batch).randn((3, size, size), device=device)
     extra = {"eta": eta} if sampler == "ddim" else {}
 
     def run():

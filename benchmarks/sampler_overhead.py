@@ -26,10 +26,10 @@ from collections.abc import Callable
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # lucidrains wraps its loop in tqdm; ours shows none
 
-import torch  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
+import torch
+from torch import Tensor, nn
 
-import ddim  # noqa: E402
+import ddim
 
 T = 1000
 

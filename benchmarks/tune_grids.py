@@ -54,7 +54,7 @@ def main() -> None:
     kw = dict(prediction=ckpt.prediction)
 
     started = time.perf_counter()
-    x_T = PerSampleNoise.from_seed(args.tune_seed, args.n_tune).randn(shape)  # noqa: N806
+    x_T = PerSampleNoise.from_seed(args.tune_seed, args.n_tune).randn(shape)
     ref = reference_solve(model, schedule, x_T, args.reference_steps, **kw)
     ref_seconds = time.perf_counter() - started
 

@@ -65,7 +65,7 @@ class TinyNet(nn.Module):
         )
 
 
-def x_T(seed: int = 0) -> Tensor:  # noqa: N802
+def x_T(seed: int = 0) -> Tensor:
     return torch.randn(SHAPE, generator=torch.Generator().manual_seed(seed))
 
 
@@ -200,7 +200,7 @@ def test_ddim_matches_diffusers_ddim_scheduler_leading(prediction, eta, steps):
 # ---- diffusers' grids, and its DDIM previous-timestep bug (diffusers issue 12633) ------------
 
 
-def _exact_grid(T: int, steps: int, spacing: str) -> list[Fraction]:  # noqa: N803
+def _exact_grid(T: int, steps: int, spacing: str) -> list[Fraction]:
     """The real-valued points that trailing / linspace round to integers (before the - 1)."""
     if spacing == "trailing":
         return [Fraction(T * k, steps) for k in range(steps, 0, -1)]
@@ -218,7 +218,7 @@ def _exact_grid(T: int, steps: int, spacing: str) -> list[Fraction]:  # noqa: N8
         ("linspace", 100, 10),
     ],
 )
-def test_grids_match_diffusers(spacing, T_, steps):  # noqa: N803
+def test_grids_match_diffusers(spacing, T_, steps):
     """Our trailing and linspace grids equal diffusers' `scheduler.timesteps`, also where T is
     not divisible by S (cases chosen free of rounding ties; see the sweep below)."""
     scheduler = ddim_scheduler("eps", spacing, num_train_timesteps=T_)
@@ -234,7 +234,7 @@ def test_grid_sweep_against_diffusers_differs_only_at_ties_and_its_extra_step(sp
     trailing builds the grid with a float np.arange, which for some S (T = 1000, S = 61) yields
     S + 1 timesteps, the extra one -1, which then indexes alphas_cumprod[-1] (the noisiest)."""
     ties = extra = 0
-    for T_ in (10, 100, 1000):  # noqa: N806
+    for T_ in (10, 100, 1000):
         scheduler = ddim_scheduler("eps", spacing, num_train_timesteps=T_)
         for steps in range(2, T_ + 1):
             scheduler.set_timesteps(steps)

@@ -73,7 +73,7 @@ def test_cuda_sampling_equals_the_cpu_with_philox_noise():
     model = lambda x, t: 0.5 * x  # noqa: E731
     runs = []
     for device in ("cpu", "cuda"):
-        x_T = PerSampleNoise.from_seed(2, 16, philox=True).randn((3, 4, 4), device=device)  # noqa: N806
+        x_T = PerSampleNoise.from_seed(2, 16, philox=True).randn((3, 4, 4), device=device)
         noise = PerSampleNoise.from_seed(2, 16, stream=1, philox=True)
         runs.append(ddim.sample(model, x_T, schedule, 10, eta=1.0, generator=noise).cpu())
     assert torch.allclose(runs[0], runs[1], atol=1e-5)

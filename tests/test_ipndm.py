@@ -35,7 +35,7 @@ MU_W = torch.tensor([0.5, -1.0], dtype=torch.float64)
 S_W = torch.tensor([0.5, 2.0], dtype=torch.float64)
 
 
-def x_T(n=16, d=4, seed=0, dtype=torch.float64):  # noqa: N802
+def x_T(n=16, d=4, seed=0, dtype=torch.float64):
     return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 

@@ -53,7 +53,7 @@ def sample_seeded(
     start: int,
     n: int,
     *,
-    x_T: Tensor | None = None,  # noqa: N803
+    x_T: Tensor | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
     labels: Tensor | None = None,
@@ -66,7 +66,7 @@ def sample_seeded(
     class-conditional model gets `labels` [n] (classifier-free guidance `guidance`, with
     `null_class` as the model's "no label" index). `options` go to `ddim.sample`."""
     if x_T is None:
-        x_T = PerSampleNoise.from_seed(seed, n, start, stream=X_T_STREAM).randn(shape)  # noqa: N806
+        x_T = PerSampleNoise.from_seed(seed, n, start, stream=X_T_STREAM).randn(shape)
     elif len(x_T) != n:
         raise BadValue(f"got {len(x_T)} latents for {n} examples; pass one per example")
     if labels is not None:
@@ -74,7 +74,7 @@ def sample_seeded(
             raise BadValue("labels need null_class: the model's 'no label' index (its num_classes)")
         model = classifier_free_guidance(model, labels, guidance, null_class)
     step_noise = PerSampleNoise.from_seed(seed, n, start, stream=STEP_NOISE_STREAM)
-    x_T = x_T.to(device=device, dtype=x_T.dtype if x_T.is_complex() else dtype)  # noqa: N806  (exact latents)
+    x_T = x_T.to(device=device, dtype=x_T.dtype if x_T.is_complex() else dtype)  # exact latents
     return sample(model, x_T, schedule, generator=step_noise, **options)
 
 
@@ -87,7 +87,7 @@ def generate_batches(
     seed: int = 0,
     start: int = 0,
     batch_size: int = 256,
-    x_T: Tensor | None = None,  # noqa: N803
+    x_T: Tensor | None = None,
     labels: Tensor | None = None,
     device: torch.device | str | None = None,
     bf16: bool = False,

@@ -92,7 +92,7 @@ class Reference(NamedTuple):
     out: Tensor
 
 
-def reference_solve(model: Callable[..., Tensor], schedule: NoiseSchedule, x_T: Tensor, steps: int = 200,  # noqa: N803
+def reference_solve(model: Callable[..., Tensor], schedule: NoiseSchedule, x_T: Tensor, steps: int = 200,
                     progress: Callable[[int], object] | None = None, **options) -> Reference:  # fmt: skip
     """The reference of `tune_timesteps`: DPM-Solver++(2M) on `steps` log-SNR-uniform timesteps
     from x_T (`options` go to `ddim.sample`), with its trajectory. One reference serves every
@@ -186,7 +186,7 @@ def tune_timesteps(
                        f"steps={steps}, n={n}, reference_steps={reference_steps}")  # fmt: skip
     began = time.perf_counter()
     kw = dict(prediction=prediction, clip=clip, self_condition=self_condition)
-    x_T = PerSampleNoise.from_seed(seed, n).randn(shape, device=device, dtype=dtype)  # noqa: N806
+    x_T = PerSampleNoise.from_seed(seed, n).randn(shape, device=device, dtype=dtype)
     bar = tqdm(total=(0 if reference else reference_steps) + max_evals, unit="call", disable=not progress,
                desc=f"tuning {sampler} @ {calls} calls")  # fmt: skip
     with torch.inference_mode():

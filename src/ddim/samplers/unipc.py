@@ -43,7 +43,7 @@ def unipc_rhos(rks: Sequence[float], h: float) -> list[float]:
         factorial *= i + 1
         h_phi_k = h_phi_k / hh - 1 / factorial
     r = torch.tensor(rks, dtype=torch.float64)
-    R = torch.stack([r**k for k in range(len(rks))])  # noqa: N806 - the paper's matrix
+    R = torch.stack([r**k for k in range(len(rks))])  # the paper's matrix
     return torch.linalg.solve(R, torch.tensor(b, dtype=torch.float64)).tolist()
 
 

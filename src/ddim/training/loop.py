@@ -293,6 +293,6 @@ def _rescue(main: bool, consistent: bool, completed: dict, last_saved: Path | No
         return newest
     try:
         return f"saved step {step} in {save(completed)}"
-    except BaseException as e:  # noqa: BLE001 - a failing save must not hide the first error
+    except BaseException as e:  # a failing save must not hide the first error
         reason = from_os_error(e) if isinstance(e, OSError) else None
         return f"could not save step {step} ({reason or e}); {newest}"
