@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 
 from ddim import NoiseSchedule, sample
-from ddim.images import auto_scale, grid_array, save_grid, save_trajectory_strip
+from ddim.errors import BadValue
+from ddim.images import auto_scale, check_image_path, grid_array, save_grid, save_trajectory_strip
 
 
 def test_grid_size_padding_and_pixels(tmp_path):
@@ -51,3 +52,12 @@ def test_trajectory_strip_from_a_sampler(tmp_path):
                   steps=4, return_all_timesteps=True)  # fmt: skip
     with Image.open(save_trajectory_strip(traj.xs, traj.x0s, tmp_path / "s.png")) as im:
         assert im.size == (4 * 65 + 1, 6 * 65 + 1)
+
+
+def test_an_output_path_is_checked_before_the_work(tmp_path):
+    assert check_image_path(tmp_path / "a.PNG") == tmp_path / "a.PNG"
+    with pytest.raises(BadValue, match=r"grid\.pgn: unknown image extension '\.pgn'; name it \*\.png"):
+        save_grid(torch.zeros(1, 1, 4, 4), tmp_path / "grid.pgn")
+    (tmp_path / "d.png").mkdir()
+    with pytest.raises(BadValue, match=r"d\.png is a folder"):
+        check_image_path(tmp_path / "d.png")

@@ -52,8 +52,20 @@ def grid_array(images: Tensor, nrow: int | None = None, scale: int | None = None
     return grid
 
 
-def _write(grid: np.ndarray, path: str | os.PathLike) -> Path:
+def check_image_path(path: str | os.PathLike) -> Path:
+    """Refuse, before any work, an output path whose extension no image writer knows, or that is
+    a folder; the error is one line naming the path and the fix."""
     path = Path(path)
+    Image.init()
+    if path.suffix.lower() not in Image.registered_extensions():
+        raise BadValue(f"{path}: unknown image extension {path.suffix or '(none)'!r}; name it *.png")
+    if path.is_dir():
+        raise BadValue(f"{path} is a folder; pass a file name such as {path / 'grid.png'}")
+    return path
+
+
+def _write(grid: np.ndarray, path: str | os.PathLike) -> Path:
+    path = check_image_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = _MODES[grid.shape[-1]]
     Image.fromarray(grid[..., 0] if mode == "L" else grid, mode).save(path)
