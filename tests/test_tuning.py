@@ -92,7 +92,7 @@ def test_five_calls_tuned_beat_the_best_fixed_grid_by_thirty_percent():
 
 def test_gits_dynamic_programming_finds_the_cheapest_path():
     """Alg. 1 of GITS against brute force over every grid of 3 points on a 9-point fine grid."""
-    x_T = torch.randn(32, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)  # noqa: N806
+    x_T = torch.randn(32, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     ref = reference_solve(oracle(), SCHED, x_T, 9)
     a = SCHED.alphas_cumprod.tolist()
     fine = ref.fine
@@ -151,7 +151,9 @@ def test_refusals():
         tune(method="adam")
 
 
-def test_cli_tune_stores_the_grid_and_leaves_the_checkpoints_alone(trained_run: Path, tmp_path: Path, capsys):
+def test_cli_tune_stores_the_grid_and_leaves_the_checkpoints_alone(trained_run: Path, tmp_path: Path, capsys,
+                                                                   monkeypatch):  # fmt: skip
+    monkeypatch.setenv("DDIM_THREADS", "1")  # ddim.cli.main sets torch's threads; keep the suite's one
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
@@ -166,7 +168,9 @@ def test_cli_tune_stores_the_grid_and_leaves_the_checkpoints_alone(trained_run: 
     assert json.loads((run / TUNED_FILE).read_text())["ipndm@3"]["timesteps"] == stored["timesteps"]
 
 
-def test_cli_sample_uses_the_tuned_grid_or_names_ddim_tune(trained_run: Path, tmp_path: Path, capsys):
+def test_cli_sample_uses_the_tuned_grid_or_names_ddim_tune(trained_run: Path, tmp_path: Path, capsys,
+                                                            monkeypatch):  # fmt: skip
+    monkeypatch.setenv("DDIM_THREADS", "1")
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     base = ["sample", "--checkpoint", str(run), "--sampler", "unipc", "--steps", "3", "--n", "2",
