@@ -463,3 +463,40 @@ def test_the_lock_is_per_process_and_released_on_exit(tmp_path):
             remove_run(tmp_path / "run")
     remove_run(tmp_path / "run")  # released: the run (only ddim's files) may go
     assert not (tmp_path / "run").exists()
+
+
+def _file(out: Path) -> None:
+    out.write_text("a file where the run folder goes")
+
+
+def _log_folder(out: Path) -> None:
+    (out / "log.csv").mkdir(parents=True)
+    (out / "ddim-run.json").write_text('{"format": "ddim-run", "version": 1}')
+
+
+def _foreign_log(out: Path) -> None:
+    out.mkdir()
+    (out / "log.csv").write_text("my own notes")
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (_file, "a file is where a folder should go"),
+        (_log_folder, "log.csv: Is a directory; a folder is where a file should go"),
+        (_foreign_log, "holds log.csv that ddim's training did not write"),
+    ],
+    ids=["out is a file", "log.csv is a folder", "another program's log.csv"],
+)
+def test_paths_in_the_way_are_one_line_and_left_alone(tmp_path, make, message, capsys):
+    out = tmp_path / "run"
+    make(out)
+    before = sorted(p.name for p in out.iterdir()) if out.is_dir() else out.read_text()
+    assert run("train", *TINY, "--out", out, "--steps", 1) == 2
+    assert message in one_line(capsys.readouterr().err)
+    if out.is_dir():
+        assert {".ddim-lock", "checkpoints"} | set(before) >= {p.name for p in out.iterdir()}
+        if (out / "log.csv").is_file():
+            assert (out / "log.csv").read_text() == "my own notes"
+    else:
+        assert out.read_text() == before

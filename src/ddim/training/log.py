@@ -13,7 +13,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from ddim.errors import BadFile
+from ddim.errors import BadFile, from_os_error
 
 LOG_FIELDS = ("step", "loss", "lr", "grad_norm", "ema_decay", "images_per_s", "elapsed_s")
 LOG = "log.csv"
@@ -67,11 +67,15 @@ class TrainLog:
         if start_step > 0 and self.file.is_file():
             rows = [r for r in read_log(self.file) if int(r["step"]) <= start_step]
         tmp = self.file.with_name(f".{LOG}.tmp")
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, LOG_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, self.file)  # the old log stays whole until the new one is written
+        try:
+            with tmp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, LOG_FIELDS)
+                writer.writeheader()
+                writer.writerows(rows)
+            os.replace(tmp, self.file)  # the old log stays whole until the new one is written
+        except OSError as e:  # named as the log, not as its temporary twin
+            tmp.unlink(missing_ok=True)
+            raise from_os_error(e, self.file) or e from None
         try:
             from torch.utils.tensorboard import SummaryWriter
 
