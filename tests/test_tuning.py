@@ -57,6 +57,12 @@ def tune(sampler="unipc", calls=5, seed=0, **kw):
     return tune_timesteps(oracle(), SCHED, (4,), calls, sampler, seed=seed, **kw)
 
 
+def tune_error(**kw):
+    info = {}
+    tune(info=info, **kw)
+    return info["error"]
+
+
 def held_out_error(sampler, grid_or_spacing, steps):
     x = torch.randn(512, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     exact = oracle().flow(x, SCHED.alphas_cumprod[-1].item())
@@ -75,6 +81,12 @@ def test_tuned_grids_are_valid_grids_for_that_budget(sampler, calls):
 def test_reproducible_for_a_seed():
     kw = dict(n=64, max_evals=30, reference_steps=50)
     assert tune(seed=3, **kw) == tune(seed=3, **kw)
+    # a feature map that scales distances by 4 makes the same decisions; one that ignores a
+    # coordinate is another objective (a perceptual distance, as LD3's LPIPS)
+    assert tune(seed=3, features=lambda x: 2 * x, **kw) == tune(seed=3, **kw)
+    info = {}
+    tune(seed=3, features=lambda x: x[:, :1], info=info, **kw)
+    assert info["error"] < 0.5 * tune_error(seed=3, **kw)
 
 
 def test_five_calls_tuned_beat_the_best_fixed_grid_by_thirty_percent():
