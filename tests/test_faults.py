@@ -25,6 +25,7 @@ import safetensors.torch
 import torch
 from safetensors.torch import load_file
 
+import ddim
 from ddim.cli import main
 from ddim.data import WrappedDataset, load_dataset
 from ddim.errors import BadFile, NonFinite
@@ -318,6 +319,8 @@ def test_damaged_weights_fall_back_for_sampling(damaged, capsys):
     file.write_bytes(file.read_bytes()[:-100])  # truncated
     with pytest.warns(DamagedCheckpoint, match="step-000003 .*ema.safetensors.*using .*step-000002"):
         assert load_checkpoint(damaged).step == 2
+    with pytest.warns(DamagedCheckpoint, match="skipped damaged step-000003"):
+        assert ddim.load(damaged, device="cpu").path == ckpt(damaged, 2)  # the library facade
     assert run("sample", "--checkpoint", ckpt(damaged, 3), "--out", damaged / "g.png") == 2
     assert "not a safetensors file" in one_line(capsys.readouterr().err)
 
