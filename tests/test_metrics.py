@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ddim.data import load_dataset, to_uint8
+from ddim.errors import BadFile, BadValue
 from ddim.evaluation import (
     DigitFeatures,
     InceptionFeatures,
@@ -207,12 +208,15 @@ def test_inception_missing_or_wrong_weights_errors(tmp_path):
     torch.save({"fc.weight": torch.zeros(3)}, tmp_path / "wrong.pth")
     with pytest.raises(ValueError, match="not the FID Inception state dict"):
         InceptionFeatures(weights=tmp_path / "wrong.pth")
+    (tmp_path / "damaged.pth").write_bytes(b"PK\x03\x04 not a torch file")
+    with pytest.raises(BadFile, match=r"cannot read .*damaged\.pth .*download pt_inception"):
+        InceptionFeatures(weights=tmp_path / "damaged.pth")
 
 
 def test_inception_without_torchvision_names_the_fix(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchvision", None)
     monkeypatch.setitem(sys.modules, "torchvision.models", None)
-    with pytest.raises(ImportError, match="pip install torchvision"):
+    with pytest.raises(BadValue, match=r"need torchvision: pip install \"ddim\[torchvision\]\""):
         _fid_inception()
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import warnings
 from collections.abc import Callable
 from importlib import resources
@@ -31,8 +32,8 @@ from safetensors.torch import load
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from ddim.data import fit_size, match_channels
-from ddim.errors import BadValue, MissingFile
+from ddim.data import TORCHVISION_EXTRA, fit_size, match_channels
+from ddim.errors import BadFile, BadValue, MissingFile
 
 FeatureFn = Callable[[Tensor], Tensor]
 
@@ -104,9 +105,9 @@ def _fid_inception() -> nn.Module:
     try:
         from torchvision.models import inception as tvi
     except ImportError as e:
-        raise ImportError(
-            "Inception features need torchvision (pip install torchvision); without it use "
-            "features='digits' or pass your own feature callable"
+        raise BadValue(
+            f"Inception features need torchvision: {TORCHVISION_EXTRA}; without it use "
+            "features='digits' (--features digits) or pass your own feature callable"
         ) from e
 
     def avg_pool(x: Tensor) -> Tensor:
@@ -167,15 +168,20 @@ class InceptionFeatures:
                 f"Inception weights not found at {path}. Download {INCEPTION_URL} on a machine with "
                 f"internet access and pass its path (weights=...), or place it at {default_inception_path()}"
             )
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as e:
+            reason = " ".join(str(e).split())[:200] or type(e).__name__
+            raise BadFile(f"cannot read {path} ({reason}); download {INCEPTION_FILE} again") from e
         if not isinstance(state, dict) or "Mixed_7c.branch_pool.conv.weight" not in state:
-            raise BadValue(f"{path} is not the FID Inception state dict; expected {INCEPTION_FILE}")
+            raise BadFile(f"{path} is not the FID Inception state dict; expected {INCEPTION_FILE}")
         self.model = _fid_inception()
         try:
             self.model.load_state_dict(state)
         except RuntimeError as e:
-            raise BadValue(
-                f"{path} is not the FID Inception state dict ({e}); expected {INCEPTION_FILE}"
+            reason = " ".join(str(e).split())[:200]
+            raise BadFile(
+                f"{path} is not the FID Inception state dict ({reason}); expected {INCEPTION_FILE}"
             ) from e
         self.model.eval().requires_grad_(False).to(device)
         self.device = torch.device(device)
