@@ -165,3 +165,13 @@ def test_resume_falls_back_from_a_checkpoint_without_its_state(tmp_path, run_dir
     (end / "state.pt").unlink()
     with pytest.raises(CheckpointError, match="every checkpoint under .* is damaged"):
         train(tiny_run(steps=3), tmp_path, resume=True, progress=False, dataset=digits)
+
+
+def test_only_a_format_upgrade_fills_missing_keys(checkpoint, monkeypatch):
+    """A config.json of the current version lacking a key is refused; one of an older version
+    gets that key's default, explicitly (simulated by making this ddim read version 2)."""
+    _edit_config(checkpoint, lambda c: c["run"]["diffusion"].pop("prediction"))
+    with pytest.raises(CheckpointError, match="lacks the key.*'prediction'"):
+        load_checkpoint(checkpoint)
+    monkeypatch.setattr("ddim.training.checkpoint.VERSION", 2)
+    assert load_checkpoint(checkpoint).prediction == "eps"
