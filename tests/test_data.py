@@ -290,6 +290,19 @@ def test_torchvision_missing_files_say_how_to_fix(tmp_path):
         load_dataset("cifar10", root=tmp_path)
 
 
+def test_torchvision_failed_download_is_one_line(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise OSError("[Errno 101] Network is unreachable")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    with pytest.raises(BadFile, match=r"could not download mnist \(train\) into .*unreachable\); check"):
+        load_dataset("mnist", root=tmp_path, download=True)
+    with pytest.raises(MissingFile, match=r"--download \(download=True\).*--root \(root=\)"):
+        load_dataset("mnist", root=tmp_path)
+
+
 def test_torchvision_missing_package_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "torchvision", None)
     monkeypatch.setitem(sys.modules, "torchvision.datasets", None)
