@@ -86,6 +86,7 @@ def main() -> None:
             print(f"| {size} | {batch} | {train:.1f} | {sample:.1f} |", flush=True)
     if args.plot:
         import matplotlib
+        import matplotlib.ticker
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -94,8 +95,10 @@ def main() -> None:
         for ax, k, title in ((axes[0], 0, "training"), (axes[1], 1, "sampling (per model call)")):
             for batch in args.batches:
                 ax.plot(args.sizes, [rows[(s, batch)][k] for s in args.sizes], "o-", label=f"batch {batch}")
-            ax.set(xscale="log", yscale="log", xlabel="image size (px)", ylabel="images/s", title=title)
+            ax.set_xscale("log", base=2)
+            ax.set(yscale="log", xlabel="image size (px)", ylabel="images/s", title=title)
             ax.set_xticks(args.sizes, [str(s) for s in args.sizes])
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
             ax.legend()
         fig.tight_layout()
         out = ROOT / "docs" / "performance" / "scaling.png"
