@@ -45,8 +45,9 @@ DEFAULT_SPACINGS = {
     "ipndm": "logsnr",
 }
 
-# The samplers whose encoder is the exact inverse of their decoder, and those encoders.
-EXACT_INVERTIBLE = ("belm", "bdia")
+# The samplers whose encoder is the exact inverse of their decoder, best first (FD on MNIST,
+# docs/latent.md), and those encoders.
+EXACT_INVERTIBLE = ("bdia", "belm")
 INVERSES = {name: partial(exact_invert, method=name) for name in EXACT_INVERTIBLE}
 
 __all__ = [
