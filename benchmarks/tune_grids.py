@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 
 from ddim.evaluation import evaluate
+from ddim.evaluation.features import DigitFeatures
+from ddim.evaluation.metrics import feature_statistics, frechet_distance
 from ddim.evaluation.sampler_bench import generate
 from ddim.noise import PerSampleNoise
 from ddim.timesteps import make_timesteps
@@ -43,6 +45,10 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--tune-seed", type=int, default=0)
     p.add_argument("--baseline-calls", type=int, default=20)
+    p.add_argument("--distance", choices=("l2", "digits-l2", "digits-fd"), default="l2",
+                   help="the search's distance to the reference samples: pixels, per-sample digit "
+                   "classifier features, or the Frechet distance of the two sets' features")  # fmt: skip
+    p.add_argument("--fixed", default=",".join(FIXED), help="fixed grids to score ('' for none)")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -52,6 +58,16 @@ def main() -> None:
     model, schedule, shape = ckpt.model, ckpt.schedule, ckpt.image_shape
     calls = [int(c) for c in args.calls.split(",")]
     kw = dict(prediction=ckpt.prediction)
+    fixed = [g for g in args.fixed.split(",") if g]
+    distance = None
+    if args.distance != "l2":
+        digit_features = DigitFeatures()
+
+        def distance(x, reference):
+            f, g = digit_features(x.clamp(-1, 1)), digit_features(reference.clamp(-1, 1))
+            if args.distance == "digits-l2":
+                return (f - g).double().pow(2).mean().item()
+            return frechet_distance(*feature_statistics(f), *feature_statistics(g))
 
     started = time.perf_counter()
     x_T = PerSampleNoise.from_seed(args.tune_seed, args.n_tune).randn(shape)
@@ -75,7 +91,8 @@ def main() -> None:
     for c in sorted(calls, key=lambda c: c != 5):  # 5 calls first: the issue's bar, against DDIM at 20
         info: dict = {}
         grid = tune_timesteps(model, schedule, shape, c, args.sampler, args.n_tune, args.tune_seed,
-                              reference=ref, max_evals=args.max_evals, info=info, **kw)  # fmt: skip
+                              reference=ref, max_evals=args.max_evals, info=info, distance=distance,
+                              **kw)  # fmt: skip
         print(f"calls {c}: {grid} in {info['seconds']:.0f} s, start errors {info['start_errors']}, "
               f"tuned {info['error']:.3g}", flush=True)  # fmt: skip
         steps = steps_for(args.sampler, c)
@@ -83,14 +100,16 @@ def main() -> None:
                    "start_errors": info["start_errors"]}  # fmt: skip
         rows[c]["tuned"] = fd(args.sampler, grid, steps)["fid"]
         save()
-        if base is None:
+        if base is None and args.baseline_calls:
             base = fd("ddim", "trailing", args.baseline_calls)
             results.update(fid_floor=base["fid_floor"], baseline=base["fid"])
-        for name in FIXED:
+        for name in fixed:
             rows[c][name] = fd(args.sampler, name, steps)["fid"]
             save()
         print(rows[c], flush=True)
     rows = [rows[c] for c in calls]
+    if base is None or fixed != list(FIXED):
+        return
     print(f"\n{args.sampler} on {ckpt.path} ({args.n} samples a cell, floor {base['fid_floor']:.2f}; "
           f"DDIM trailing at {args.baseline_calls} calls: {base['fid']:.2f}; reference solve "
           f"{ref_seconds:.0f} s)\n")  # fmt: skip

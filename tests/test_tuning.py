@@ -81,11 +81,11 @@ def test_tuned_grids_are_valid_grids_for_that_budget(sampler, calls):
 def test_reproducible_for_a_seed():
     kw = dict(n=64, max_evals=30, reference_steps=50)
     assert tune(seed=3, **kw) == tune(seed=3, **kw)
-    # a feature map that scales distances by 4 makes the same decisions; one that ignores a
-    # coordinate is another objective (a perceptual distance, as LD3's LPIPS)
-    assert tune(seed=3, features=lambda x: 2 * x, **kw) == tune(seed=3, **kw)
+    # a distance that is 4 times the default makes the same decisions; one that looks at one
+    # coordinate only is another objective
+    assert tune(seed=3, distance=lambda x, r: 4 * (x - r).pow(2).mean(), **kw) == tune(seed=3, **kw)
     info = {}
-    tune(seed=3, features=lambda x: x[:, :1], info=info, **kw)
+    tune(seed=3, distance=lambda x, r: (x - r)[:, 0].pow(2).mean(), info=info, **kw)
     assert info["error"] < 0.5 * tune_error(seed=3, **kw)
 
 

@@ -162,7 +162,7 @@ def tune_timesteps(
     reference: Reference | None = None,
     reference_steps: int = 200,
     max_evals: int = 120,
-    features: Callable[[Tensor], Tensor] | None = None,
+    distance: Callable[[Tensor, Tensor], float] | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
@@ -175,9 +175,9 @@ def tune_timesteps(
     same x_T. `method`: "search" (default) or "gits"
     (see the module docstring). Deterministic for a seed; runs under inference mode; each shape
     [C, H, W] is one example's. The search's error is the mean squared distance to the
-    reference samples, or between `features(samples)` and `features(reference)` when given (a
-    perceptual distance, as LD3 uses LPIPS). `info`, if given, receives the tuning error of each
-    start grid and of the result, and the seconds spent. Use the grid with
+    reference samples, or `distance(samples, reference)` when given (a perceptual distance, as
+    LD3 uses LPIPS, or a distance between the two sets' feature statistics). `info`, if given,
+    receives the tuning error of each start grid and of the result, and the seconds spent. Use the grid with
     `ddim.sample(..., steps=len(grid), sampler=sampler, spacing=grid)`."""
     if method not in METHODS:
         raise BadValue(f"unknown tuning method {method!r}; choose one of {', '.join(METHODS)}")
@@ -203,7 +203,6 @@ def tune_timesteps(
             bar.close()
             _report(info, {"gits": None}, start["gits"], None, began)
             return start["gits"]
-        target = features(out) if features is not None else None
         cached = _PrefixCache(model)
         evals = 0
 
@@ -213,8 +212,8 @@ def tune_timesteps(
             cached.start(grid)
             x = sample(cached, x_T, schedule, len(grid), sampler=sampler, spacing=list(grid), **kw)
             bar.update(1)
-            if features is not None:
-                return (features(x) - target).double().pow(2).mean().item()
+            if distance is not None:
+                return float(distance(x, out))
             return (x - out).double().pow(2).mean().item()
 
         for name in START_GRIDS:
