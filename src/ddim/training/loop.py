@@ -96,7 +96,8 @@ def train(
     device = init_from_env(resolve_device(run.train.device))
     with contextlib.ExitStack() as stack:
         if is_main_process():  # one writer per run folder, checked writable before the work
-            stack.enter_context(RunFolder(out_dir, fresh=not resume))
+            continuing = resume and bool(list_checkpoints(out_dir / CHECKPOINTS))
+            stack.enter_context(RunFolder(out_dir, fresh=not continuing))
         try:
             return _train(run, out_dir, device, resume, progress, dataset)
         except OSError as e:
