@@ -9,8 +9,9 @@ sampling loop synchronises the host with the device. Under 8 minutes on one H100
    torch.utils.flop_counter); images/s and achieved TFLOP/s (3 x forward FLOPs per image).
 3. Sampling with our UNet at batch 256, 32x32x3: ddim at eta 0 and 1, dpmpp_2m (deterministic:
    it has no eta) and ddpm (the eta = 1 ancestral sampler), with per-example seeded noise.
-4. Each of those sampling loops once more under torch.cuda.set_sync_debug_mode("error"), which
-   raises on any host-device synchronisation.
+4. Each of those sampling loops once more (the sampler itself, on a predictor, without
+   `ddim.sample`'s single finiteness check after the loop) under
+   torch.cuda.set_sync_debug_mode("error"), which raises on any host-device synchronisation.
 
 `--device cpu --tiny` runs the same code at tiny sizes in seconds (tests/test_gpu_check.py does,
 so the script cannot rot); on the CPU the sync check has nothing to check and says so.
@@ -33,8 +34,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import ddim
-from ddim import PerSampleNoise
+from ddim import SAMPLERS, PerSampleNoise, make_predictor, make_timesteps
 from ddim.models import UNet, UNetConfig
+from ddim.samplers import DEFAULT_SPACINGS
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA_TESTS = ["tests/test_noise.py", "tests/test_gpu_check.py"]
@@ -128,14 +130,20 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def sampling(model, sampler: str, eta: float, batch: int, size: int, steps: int, device) -> Callable:
+def sampling(model, sampler: str, eta: float, batch: int, size: int, steps: int, device, loop_only=False):
+    """A seeded sampling run at batch `batch`; with `loop_only`, only the sampler's loop (the
+    registry function on a predictor), without `ddim.sample`'s one finiteness check after it."""
     schedule = ddim.NoiseSchedule.linear(1000)
-    x_T = PerSampleNoise.from_seed(0, batch).randn((3, size, size), device=device)
+    x_T = PerSampleNoise.from_seed(0, batch).randn((3, size, size), device=device)  # noqa: N806
     extra = {"eta": eta} if sampler == "ddim" else {}
+    grid = make_timesteps(schedule.T, steps, DEFAULT_SPACINGS[sampler], schedule=schedule)
+    predict = make_predictor(model, schedule)
 
     def run():
         noise = PerSampleNoise.from_seed(0, batch, stream=1)
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
+            if loop_only:
+                return SAMPLERS[sampler](predict, x_T, schedule, grid, generator=noise, **extra)
             return ddim.sample(model, x_T, schedule, steps, sampler=sampler, generator=noise, **extra)
 
     return run
@@ -202,7 +210,8 @@ def main(argv: list[str] | None = None) -> list[str]:
         seconds = time.perf_counter() - start
         if not torch.isfinite(out).all():
             raise SystemExit(f"{sampler} eta={eta}: non-finite samples")
-        syncs = no_sync(sampling(net, sampler, eta, s["sample_batch"], s["sample_size"], 3, device), device)
+        loop = sampling(net, sampler, eta, s["sample_batch"], s["sample_size"], 3, device, loop_only=True)
+        syncs = no_sync(loop, device)
         lines.append(
             f"| {sampler}, eta={eta:g} | {seconds / s['sample_steps'] * 1e3:.1f} | "
             f"{s['sample_batch'] / seconds:.0f} | {syncs} |"

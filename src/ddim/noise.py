@@ -115,6 +115,7 @@ class PerSampleNoise:
         philox: bool | None = None,
     ):
         self.seed, self.stream, self.device = int(seed) & (2**64 - 1), stream, torch.device(device)
+        self._range = indices if isinstance(indices, range) else None  # made on the device as needed
         self.indices = torch.as_tensor(list(indices) if isinstance(indices, range) else indices)
         if len(self.indices) and not 0 <= int(self.indices.min()) <= int(self.indices.max()) <= MASK:
             raise BadValue("example indices must lie in [0, 2^32)")
@@ -189,7 +190,12 @@ class PerSampleNoise:
                 torch.randn((count, *shape), generator=g, out=z[i])
             z = z.to(device, non_blocking=True)
         else:
-            index = self.indices.to(device, non_blocking=True)
+            r = self._range  # no host-to-device copy for a range of indices
+            index = (
+                torch.arange(r.start, r.stop, device=device)
+                if r
+                else self.indices.to(device, non_blocking=True)
+            )
             z = philox_normal(self.seed, self.stream, index, self.draws, count, m)
             z = z.to(torch.float32).view(n, count, *shape)
         self._views, self._first, self._key = z.unbind(1), self.draws, (shape, device)
