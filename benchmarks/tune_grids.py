@@ -20,9 +20,8 @@ from pathlib import Path
 
 import torch
 
+from ddim.cli.tune import DISTANCES, digits_fd_distance
 from ddim.evaluation import evaluate
-from ddim.evaluation.features import DigitFeatures
-from ddim.evaluation.metrics import feature_statistics, frechet_distance
 from ddim.evaluation.sampler_bench import generate
 from ddim.noise import PerSampleNoise
 from ddim.timesteps import make_timesteps
@@ -45,9 +44,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--tune-seed", type=int, default=0)
     p.add_argument("--baseline-calls", type=int, default=20)
-    p.add_argument("--distance", choices=("l2", "digits-l2", "digits-fd"), default="l2",
-                   help="the search's distance to the reference samples: pixels, per-sample digit "
-                   "classifier features, or the Frechet distance of the two sets' features")  # fmt: skip
+    p.add_argument("--distance", choices=DISTANCES, default="l2", help="as ddim tune --distance")
     p.add_argument("--fixed", default=",".join(FIXED), help="fixed grids to score ('' for none)")
     p.add_argument("--out", required=True)
     args = p.parse_args()
@@ -59,15 +56,7 @@ def main() -> None:
     calls = [int(c) for c in args.calls.split(",")]
     kw = dict(prediction=ckpt.prediction)
     fixed = [g for g in args.fixed.split(",") if g]
-    distance = None
-    if args.distance != "l2":
-        digit_features = DigitFeatures()
-
-        def distance(x, reference):
-            f, g = digit_features(x.clamp(-1, 1)), digit_features(reference.clamp(-1, 1))
-            if args.distance == "digits-l2":
-                return (f - g).double().pow(2).mean().item()
-            return frechet_distance(*feature_statistics(f), *feature_statistics(g))
+    distance = digits_fd_distance() if args.distance == "digits-fd" else None
 
     started = time.perf_counter()
     x_T = PerSampleNoise.from_seed(args.tune_seed, args.n_tune).randn(shape)

@@ -178,6 +178,10 @@ def test_cli_tune_stores_the_grid_and_leaves_the_checkpoints_alone(trained_run: 
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != TUNED_FILE} == before
     assert main(argv) == 0  # the same seed: the same grid
     assert json.loads((run / TUNED_FILE).read_text())["ipndm@3"]["timesteps"] == stored["timesteps"]
+    assert main([*argv[:4], "2", *argv[5:], "--distance", "digits-fd"]) == 0  # another entry beside it
+    both = json.loads((run / TUNED_FILE).read_text())
+    assert both["ipndm@2"]["distance"] == "digits-fd" and len(both["ipndm@2"]["timesteps"]) == 2
+    assert both["ipndm@3"]["timesteps"] == stored["timesteps"]
 
 
 def test_cli_sample_uses_the_tuned_grid_or_names_ddim_tune(trained_run: Path, tmp_path: Path, capsys,

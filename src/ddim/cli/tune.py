@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
 
 from ddim.cli._common import (
     add_clip_option,
@@ -17,11 +21,15 @@ from ddim.cli._common import (
 from ddim.device import resolve_device
 from ddim.distributed import init_from_env
 from ddim.errors import BadValue
+from ddim.evaluation.features import DigitFeatures
+from ddim.evaluation.metrics import feature_statistics, frechet_distance
 from ddim.generation import running
 from ddim.pipeline import CHECKPOINT_CLIP, load
 from ddim.samplers import SAMPLERS
 from ddim.training.checkpoint import find_checkpoint, read_config
 from ddim.tuning import METHODS, TUNED_FILE, run_folder, steps_for, store_tuned, tune_timesteps
+
+DISTANCES = ("l2", "digits-fd")
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -55,10 +63,30 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--max-evals", type=positive_int, default=120, help="sampler runs the search may make (default 120)"
     )
+    p.add_argument(
+        "--distance",
+        choices=DISTANCES,
+        default="l2",
+        help="what the search matches to the reference samples: l2 (pixels, default) or digits-fd (the "
+        "Frechet distance of the shipped digit classifier's features of the two sets; for digit models, "
+        "it keeps the last step sharp: docs/tuning.md)",
+    )
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA weights")
     add_clip_option(p)
     add_run_options(p)
     p.set_defaults(run=run_tune)
+
+
+def digits_fd_distance(device: torch.device | str = "cpu") -> Callable[[Tensor, Tensor], float]:
+    """distance(samples, reference): the Frechet distance between the shipped digit classifier's
+    features of the two sets (images clamped to [-1, 1]), for `tune_timesteps(distance=...)`."""
+    features = DigitFeatures(device=device)
+
+    def distance(x: Tensor, reference: Tensor) -> float:
+        f, g = features(x.clamp(-1, 1)), features(reference.clamp(-1, 1))
+        return frechet_distance(*feature_statistics(f), *feature_statistics(g))
+
+    return distance
 
 
 def run_tune(args: argparse.Namespace) -> None:
@@ -82,12 +110,14 @@ def run_tune(args: argparse.Namespace) -> None:
             ckpt.model, ckpt.schedule, ckpt.image_shape, args.calls, args.sampler, args.n, args.seed,
             ckpt.prediction, method=args.method, clip=args.clip, self_condition=ckpt.self_condition,
             reference_steps=args.reference_steps, max_evals=args.max_evals, device=device, info=info,
+            distance=digits_fd_distance(device) if args.distance == "digits-fd" else None,
         )  # fmt: skip
     entry = {
         "timesteps": grid,
         "sampler": args.sampler,
         "calls": args.calls,
         "method": args.method,
+        "distance": args.distance,
         "checkpoint": folder.name,
         "step": step,
         "n": args.n,
