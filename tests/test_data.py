@@ -290,6 +290,20 @@ def test_torchvision_missing_files_say_how_to_fix(tmp_path):
         load_dataset("cifar10", root=tmp_path)
 
 
+def test_ddim_train_takes_a_torchvision_name_with_root(tmp_path, monkeypatch, capsys):
+    from ddim.cli import main
+
+    write_mnist(tmp_path / "sets" / "MNIST" / "raw", n_train=4, n_test=2, side=28)
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--data", "mnist", "--out", "run", "--size", "8", "--device", "cpu", "--dry-run"]
+    assert main([*argv, "--root", "sets"]) == 0
+    data = json.loads(capsys.readouterr().out)["run"]["data"]
+    assert data["root"] == str(tmp_path.resolve() / "sets") and not data["download"]
+    assert (data["dataset"], data["size"], data["channels"]) == ("mnist", 8, 1)
+    assert main([*argv, "--root", "elsewhere"]) == 2
+    assert "--download (download=True) to fetch it, or --root" in capsys.readouterr().err
+
+
 def test_torchvision_failed_download_is_one_line(tmp_path, monkeypatch):
     import torchvision.datasets
 

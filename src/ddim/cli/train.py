@@ -42,7 +42,7 @@ from ddim.training.run_folder import check_writable, remove_run
 
 # RunConfig section -> the fields that flags of the same name (dashes for underscores) set
 SECTIONS = {
-    "data": ("size", "channels", "flip"),
+    "data": ("size", "channels", "flip", "root", "download"),
     "model": ("base_channels", "channel_mult", "num_res_blocks", "dropout", "self_condition"),
     "diffusion": ("schedule", "timesteps", "prediction", "zero_terminal_snr"),
     "train": tuple(
@@ -91,6 +91,14 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     _flag(g, "--size", "image size in pixels (default: the dataset's; 16 for digits)", type=positive_int)
     _flag(g, "--channels", "1 (grey) or 3 (colour) (default: the dataset's)", type=int, choices=(1, 3))
     _flag(g, "--flip", "random left-right flips", action="store_true")
+    _flag(
+        g,
+        "--root",
+        "where torchvision sets (--data mnist, ...) live (default ./data)",
+        metavar="DIR",
+        type=lambda text: str(Path(text).expanduser().resolve()),
+    )  # absolute: a resume elsewhere finds it
+    _flag(g, "--download", "fetch a torchvision set into --root when missing", action="store_true")
     g = p.add_argument_group("model")
     model = UNetConfig()
     _flag(g, "--base-channels", "channels at full resolution", model, type=positive_int)
