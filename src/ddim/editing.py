@@ -1,7 +1,8 @@
-"""Editing real images with a trained model: SDEdit (Meng et al. 2022) and inpainting by RePaint's
-resampling (Lugmayr et al. 2022) on DDIM steps. Pure functions of `model(x_t, t)`; noise only from
-the `generator` given (a torch.Generator, one per example, or a `PerSampleNoise`, whose per-example
-streams make an image's result depend only on its seed and index).
+"""Editing real images with a trained model: SDEdit (Meng et al. 2022) and inpainting (DDNM's
+data-consistent x0 on DDIM steps, Wang et al. 2023, with RePaint's resampling, Lugmayr et al.
+2022). Pure functions of `model(x_t, t)`; noise only from the `generator` given (a
+torch.Generator, one per example, or a `PerSampleNoise`, whose per-example streams make an
+image's result depend only on its seed and index).
 
 Notation as in samplers/ddim.py: a_t = alphas_cumprod[t], a_prev = a at the next grid point.
 """
@@ -91,11 +92,13 @@ def inpaint(
     0, as diffusers does; `mask` broadcasts to x0 (values above 0.5 count as 1). Kept pixels of
     the result equal x0 bit for bit.
 
-    RePaint (Lugmayr et al. 2022, Alg. 1) with DDIM jumps: on each of `steps` (default 25) grid
-    steps t -> t_prev, the generated part takes a DDIM step (eq. 12, `eta`; 1 is RePaint's DDPM
-    step) and the kept part is x0 noised to t_prev (Ho et al. eq. 4); the joined image is sent
-    back to t by q(x_t | x_t_prev) (Ho et al. eq. 2 over the jump) and the step redone,
-    `resample` times in all, so the fill agrees with what is kept. steps * resample model calls."""
+    On each of `steps` (default 25) grid steps t -> t_prev, the x0 estimate takes the input's
+    kept pixels (DDNM's range-null space step for a masking operator, Wang et al. 2023, eq. 13:
+    x0 = A^+ y + (I - A^+ A) x0_est) and DDIM moves x_t with it (eq. 12, `eta`), so the kept
+    part is noised with the model's own eps; then RePaint's resampling (Lugmayr et al. 2022,
+    Alg. 1; DDNM+'s time travel): the result goes back to t by q(x_t | x_t_prev) (Ho et al.
+    eq. 2 over the jump) and the step is redone, `resample` times in all, so the fill agrees with
+    what is kept. steps * resample model calls."""
     if isinstance(resample, bool) or not isinstance(resample, int) or resample < 1:
         raise BadValue(f"resample must be a positive integer (1: no resampling), got {resample!r}")
     generate = mask.to(x0.device)
@@ -119,11 +122,10 @@ def inpaint(
             sigma = ddim_sigma(a_t, a_prev, eta)
             for u in range(resample):
                 eps, x0_est = predict(x, t, x0_est)
-                x_gen = ddim_move(x0_est, eps, a_prev, sigma)  # DDIM eq. 12
+                x0_est = torch.where(generate, x0_est, x0)  # DDNM eq. 13 for a mask
+                x_prev = ddim_move(x0_est, eps, a_prev, sigma)  # DDIM eq. 12
                 if sigma > 0:
-                    x_gen = x_gen + sigma * source.randn(shape, dev, dt)
-                known = x0 * a_prev**0.5 + source.randn(shape, dev, dt) * (1 - a_prev) ** 0.5
-                x_prev = torch.where(generate, x_gen, known)
+                    x_prev = x_prev + sigma * source.randn(shape, dev, dt)
                 if u < resample - 1:  # back to t: q(x_t | x_prev) = N(sqrt(r) x_prev, 1 - r)
                     r = a_t / a_prev
                     x = x_prev * r**0.5 + source.randn(shape, dev, dt) * (1 - r) ** 0.5
