@@ -216,8 +216,8 @@ def test_dry_run_of_invert_counts_the_images(
             "--latents and --pair go together",
         ),
         (
-            ["sample", "--checkpoint", "{run}", "--out", "{tmp}/grid.jpg"],
-            "--out {tmp}/grid.jpg: expected a file",
+            ["sample", "--checkpoint", "{run}", "--out", "{tmp}/grid.txt"],
+            "--out {tmp}/grid.txt: unknown image extension",
         ),
         (
             ["sample", "--checkpoint", "{run}", "--npz", "{tmp}/x.png"],

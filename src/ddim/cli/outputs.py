@@ -1,5 +1,5 @@
 """What the image commands write, and the checks made before any work: each output's extension
-is known (.png for pictures, .npz for data) and its folder writable, or the command stops with
+is known (an image format for pictures, .npz for data) and its folder writable, or the command stops with
 one line naming the flag. Data is written before pictures, and `NpzWriter` streams a uint8
 array into an npz batch by batch, so memory stays flat for any number of images."""
 
@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from ddim.errors import BadValue, PathError
+from ddim.images import check_image_path
 
 
 def _writable_folder(path: Path, flag: str) -> None:
@@ -26,15 +27,21 @@ def _writable_folder(path: Path, flag: str) -> None:
 
 
 def check_file(path: str | os.PathLike | None, flag: str, suffix: str) -> Path | None:
-    """`path` (None stays None) once it is known to end in `suffix` and to be writable."""
+    """`path` (None stays None) once its extension is known (".png": any image format PIL writes,
+    by `ddim.images.check_image_path`; else `suffix`), it is not a folder, and its folder is
+    writable; otherwise one line naming `flag`."""
     if path is None:
         return None
     path = Path(path)
-    if path.suffix.lower() != suffix:
-        kind = "pictures are PNG" if suffix == ".png" else "data is an .npz array file"
-        raise BadValue(f"{flag} {path}: expected a file name ending in {suffix} ({kind})")
-    if path.is_dir():
-        raise PathError(f"{flag} {path} is a folder; pass a file name")
+    try:
+        if suffix == ".png":
+            check_image_path(path)
+        elif path.suffix.lower() != suffix:
+            raise BadValue(f"{path}: expected a file name ending in {suffix} (an {suffix} array file)")
+        elif path.is_dir():
+            raise BadValue(f"{path} is a folder; pass a file name")
+    except BadValue as e:
+        raise BadValue(f"{flag} {e}") from None
     _writable_folder(path.parent.resolve(), flag)
     return path
 
