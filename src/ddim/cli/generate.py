@@ -109,7 +109,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "exact round trips; ddim: DDIM inversion, approximate)",
     )
     p.add_argument(
-        "--refine", type=non_negative_int, default=0, help="fixed-point refinements of DDIM inversion"
+        "--refine",
+        type=non_negative_int,
+        default=0,
+        help="fixed-point refinements of --sampler ddim inversion (default 0)",
     )
     p.add_argument("--out", default="latents.npz", help="npz to write (default latents.npz)")
     p.add_argument(
