@@ -152,6 +152,8 @@ def test_stored_grids_round_trip_and_the_missing_grid_names_the_command(tmp_path
         tuned_grid(run, "unipc", 6)
     with pytest.raises(MissingFile, match="--sampler dpmpp_2m --calls 5"):
         tuned_grid(tmp_path / "elsewhere", "dpmpp_2m", 5)
+    with pytest.raises(ValueError, match="pass the run"):
+        tuned_grid(None, "unipc", 5)
 
 
 def test_refusals():

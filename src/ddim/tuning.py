@@ -299,9 +299,11 @@ def store_tuned(run: str | os.PathLike, sampler: str, calls: int, entry: dict) -
     return file
 
 
-def tuned_grid(run: str | os.PathLike, sampler: str, steps: int) -> list[int]:
+def tuned_grid(run: str | os.PathLike | None, sampler: str, steps: int) -> list[int]:
     """The stored grid of `sampler` with `steps` points for a run (or one of its checkpoints);
     MissingFile naming the `ddim tune` command when there is none."""
+    if run is None:
+        raise BadValue("spacing 'tuned' reads the grids `ddim tune` stored in a run folder: pass the run")
     calls = model_calls(sampler, steps)
     entry = read_tuned(run).get(_key(sampler, calls))
     if entry is None:
