@@ -115,7 +115,8 @@ class Bench:
         started = time.perf_counter()
 
         def fill(part, noise):
-            return ddim.inpaint(self.model, part, mask, self.schedule, generator=noise, clip=1.0, **self.kw())
+            return ddim.inpaint(self.model, part, mask, self.schedule, generator=noise, clip=1.0,
+                                resample=a.inpaint_resample, **self.kw())  # fmt: skip
 
         out = batched(fill, x0, a.batch)
         blank = torch.where(mask.bool(), -torch.ones_like(x0), x0)  # the left half alone
@@ -180,6 +181,7 @@ def main() -> None:
     p.add_argument("--n-reconstruct", type=int, default=256)
     p.add_argument("--n-inpaint", type=int, default=1000)
     p.add_argument("--n-edit", type=int, default=1000)
+    p.add_argument("--inpaint-resample", type=int, default=ddim.editing.INPAINT_RESAMPLE)
     p.add_argument("--edit-steps", type=int, default=20, help="the grid SDEdit keeps the part of")
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--only", default="quality,reconstruction,inpainting,edits,pictures")
@@ -204,7 +206,7 @@ def main() -> None:
         )
     if "inpainting" in only:
         row = b.inpainting()
-        text += "### Inpainting the right half\n\n" + table(
+        text += f"### Inpainting the right half (25 steps x {a.inpaint_resample})\n\n" + table(
             [row], list(row), {k: "{:.3f}" for k in row if k != "n"}
         )
         text += "\n"

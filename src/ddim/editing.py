@@ -23,7 +23,7 @@ from ddim.sampling import autograd, check_finite, released, sample, sampling_gri
 from ddim.schedule import NoiseSchedule
 
 INPAINT_STEPS = 25
-INPAINT_RESAMPLE = 4
+INPAINT_RESAMPLE = 8
 
 
 def edit(
