@@ -73,10 +73,12 @@ def test_round_trip_on_an_untrained_unet_is_exact(sampler, dtype):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sampler", ddim.EXACT_INVERTIBLE)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_round_trip_on_an_untrained_unet_at_1000_steps(sampler, dtype):
-    x0 = (torch.rand(1, 1, 4, 4, generator=torch.Generator().manual_seed(1)) * 2 - 1).to(dtype)
-    assert round_trip_error(tiny_unet(), x0, 1000, sampler) <= BOUND[dtype]
+def test_round_trip_on_an_untrained_unet_at_1000_steps(sampler):
+    # float32, where the bound is tight (measured 2.6e-6 bdia, 7.2e-6 belm); float64 measured
+    # 1.9e-15 and 1.2e-14 here, and both dtypes run at 1000 steps on the oracle above (2,000
+    # UNet calls each: ~12 s)
+    x0 = torch.rand(1, 1, 4, 4, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    assert round_trip_error(tiny_unet(), x0, 1000, sampler) <= BOUND[torch.float32]
 
 
 @pytest.mark.parametrize("sampler", ddim.EXACT_INVERTIBLE)
