@@ -22,7 +22,7 @@ import torch
 
 from ddim.cli.tune import DISTANCES, digits_fd_distance
 from ddim.evaluation import evaluate
-from ddim.evaluation.sampler_bench import generate
+from ddim.generation import generate
 from ddim.noise import PerSampleNoise
 from ddim.timesteps import make_timesteps
 from ddim.training import load_checkpoint
