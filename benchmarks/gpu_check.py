@@ -134,7 +134,7 @@ def sampling(model, sampler: str, eta: float, batch: int, size: int, steps: int,
     """A seeded sampling run at batch `batch`; with `loop_only`, only the sampler's loop (the
     registry function on a predictor), without `ddim.sample`'s one finiteness check after it."""
     schedule = ddim.NoiseSchedule.linear(1000)
-    x_T = PerSampleNoise.from_seed(0, batch).randn((3, size, size), device=device)  # noqa: N806
+    x_T = PerSampleNoise.from_seed(0, batch).randn((3, size, size), device=device)
     extra = {"eta": eta} if sampler == "ddim" else {}
     grid = make_timesteps(schedule.T, steps, DEFAULT_SPACINGS[sampler], schedule=schedule)
     predict = make_predictor(model, schedule)
