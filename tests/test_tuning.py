@@ -25,6 +25,7 @@ from oracles import GaussianOracle
 import ddim
 from ddim import NoiseSchedule
 from ddim.cli import main
+from ddim.cli.evaluate import _samplers
 from ddim.data import to_uint8
 from ddim.errors import MissingFile
 from ddim.samplers import model_calls
@@ -203,3 +204,10 @@ def test_cli_sample_uses_the_tuned_grid_or_names_ddim_tune(trained_run: Path, tm
                                   sampler="unipc", spacing=[999, 321, 12], clip=1.0,
                                   prediction=ckpt.prediction)  # fmt: skip
     assert (np.load(tmp_path / "tuned.npz")["images"] == to_uint8(expected)).all()
+    # ddim.load(...)'s sample reads the same grid; bench-samplers takes NAME@tuned
+    pipe = ddim.load(run, device="cpu")
+    images = pipe.sample(2, steps=3, sampler="unipc", spacing="tuned", progress=False)
+    assert (images == to_uint8(expected)).all()
+    with pytest.raises(MissingFile, match="--calls 4"):
+        pipe.sample(2, steps=4, sampler="unipc", spacing="tuned", progress=False)
+    assert _samplers("unipc@tuned,ddim") == ["unipc@tuned", "ddim"]

@@ -39,11 +39,13 @@ from ddim.device import resolve_device
 from ddim.diffusers_compat import diffusers_unet_config, is_diffusers_folder, load_diffusers
 from ddim.errors import BadValue
 from ddim.generation import Trajectory, generate, generate_batches, model_device
+from ddim.models.compile import compile_model
 from ddim.prediction import Clip
 from ddim.real_images import CHECKPOINT_CLIP, DATA_CLIP, RealImages
 from ddim.sampling import DEFAULT_STEPS
 from ddim.schedule import NoiseSchedule
 from ddim.training.checkpoint import EMA, MODEL, find_checkpoint, load_checkpoint, read_config
+from ddim.tuning import tuned_grid
 
 OUTPUTS = ("uint8", "tensor")
 
@@ -98,6 +100,8 @@ class Pipeline(RealImages):
                 f"steps {steps} is out of range: more than the model's {self.schedule.T} timesteps or "
                 f"below 1; pass 1 to {self.schedule.T}"
             )
+        if isinstance(spacing, str) and spacing == "tuned":  # `ddim tune`'s grid (docs/tuning.md)
+            spacing = tuned_grid(self.path, sampler, steps)
         return dict(
             steps=steps,
             sampler=sampler,
@@ -219,22 +223,34 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load(
-    path: str | os.PathLike, *, device: str | torch.device = "auto", use_ema: bool = True, bf16: bool = False
+    path: str | os.PathLike,
+    *,
+    device: str | torch.device = "auto",
+    use_ema: bool = True,
+    bf16: bool = False,
+    compile: bool = False,
 ) -> Pipeline:
     """The pipeline of a run folder (its newest intact checkpoint), one checkpoint folder, or a
     diffusers UNet2DModel folder (`pip install "ddim[diffusers]"`). EMA weights unless
     use_ema=False; `device` "auto" takes CUDA when present; `bf16` runs the network under
-    bfloat16 autocast."""
+    bfloat16 autocast; `compile` torch.compiles it (ddim.models.compile, docs/performance.md)."""
     device = resolve_device(device) if isinstance(device, str) else device
     if is_diffusers_folder(path):
         d = load_diffusers(path, device)
         return Pipeline(
-            d.model, d.schedule, d.prediction, d.image_shape, d.path, d.weight_files, clip=d.clip, bf16=bf16
+            compile_model(d.model, device, compile),
+            d.schedule,
+            d.prediction,
+            d.image_shape,
+            d.path,
+            d.weight_files,
+            clip=d.clip,
+            bf16=bf16,
         )
     ckpt = load_checkpoint(path, use_ema=use_ema, device=device)
     files = (ckpt.path / (EMA if use_ema else MODEL),)
     return Pipeline(
-        ckpt.model,
+        compile_model(ckpt.model, device, compile),
         ckpt.schedule,
         ckpt.prediction,
         ckpt.image_shape,

@@ -108,15 +108,17 @@ def add_checkpoint_options(parser: argparse.ArgumentParser, steps_help: str | No
     )
     parser.add_argument(
         "--spacing",
-        choices=SPACINGS,
+        choices=(*SPACINGS, "tuned"),
         default=None,
-        help="how the steps are spread (default: the sampler's measured best, trailing for ddim)",
+        help="how the steps are spread (default: the sampler's measured best, trailing for ddim; tuned: the "
+        "grid `ddim tune` stored in the run folder for this sampler and step count)",
     )
     parser.add_argument("--batch-size", type=positive_int, default=256, help="images per batch (default 256)")
     parser.add_argument(
         "--no-ema", action="store_true", help="use the raw weights instead of the EMA weights"
     )
     parser.add_argument("--bf16", action="store_true", help="run the network under bfloat16 autocast")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the network")
     add_run_options(parser)
 
 
@@ -150,4 +152,5 @@ def open_pipeline(args: argparse.Namespace) -> Pipeline:
     """`ddim.load(--checkpoint)` on --device (joining the process group under torchrun), EMA
     weights unless --no-ema, bf16 autocast with --bf16."""
     device = init_from_env(resolve_device(args.device))
-    return load(args.checkpoint, device=device, use_ema=not args.no_ema, bf16=args.bf16)
+    compile = getattr(args, "compile", False)
+    return load(args.checkpoint, device=device, use_ema=not args.no_ema, bf16=args.bf16, compile=compile)

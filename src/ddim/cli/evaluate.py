@@ -29,7 +29,7 @@ def _samplers(text: str) -> list[str]:
         name, _, spacing = entry.partition("@")
         if name not in SAMPLERS:
             raise argparse.ArgumentTypeError(f"unknown sampler {name!r}; choose from {', '.join(SAMPLERS)}")
-        if spacing and spacing not in SPACINGS:
+        if spacing and spacing not in (*SPACINGS, "tuned"):
             raise argparse.ArgumentTypeError(
                 f"unknown spacing {spacing!r}; choose from {', '.join(SPACINGS)}"
             )
@@ -179,6 +179,7 @@ def run_bench(args: argparse.Namespace) -> None:
         n=args.n,
         prediction=pipe.prediction,
         self_condition=pipe.self_condition,
+        tuned_from=pipe.path,
         seed=args.seed,
         batch_size=args.batch_size,
         device=pipe.device,

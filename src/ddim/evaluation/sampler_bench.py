@@ -23,6 +23,7 @@ from ddim.evaluation.metrics import evaluate
 from ddim.generation import generate
 from ddim.samplers import DEFAULT_SPACINGS, SAMPLERS, model_calls
 from ddim.schedule import NoiseSchedule
+from ddim.tuning import tuned_grid
 
 COLUMNS = (
     "sampler",
@@ -61,6 +62,7 @@ def bench_samplers(
     n: int = 2000,
     prediction: str = "eps",
     self_condition: bool = False,
+    tuned_from: str | os.PathLike | None = None,
     features: str = "digits",
     seed: int = 0,
     batch_size: int = 250,
@@ -81,7 +83,8 @@ def bench_samplers(
             options = {
                 "steps": steps,
                 "sampler": name,
-                "spacing": spacing,
+                # "tuned": the grid `ddim tune` stored in the run `tuned_from` (docs/tuning.md)
+                "spacing": tuned_grid(tuned_from, name, steps) if spacing == "tuned" else spacing,
                 "prediction": prediction,
                 "self_condition": self_condition,
             }
