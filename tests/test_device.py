@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+import ddim
 from ddim.device import cgroup_cpu_limit, choose_threads, resolve_device, usable_cpus
 from ddim.errors import BadValue
 
@@ -50,7 +51,11 @@ def test_choose_threads_sets_torch(monkeypatch):
     try:
         assert choose_threads(1) == 1 and torch.get_num_threads() == 1
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
         assert choose_threads() == usable_cpus() == torch.get_num_threads()
+        torch.set_num_threads(1)
+        monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # spinning threads: never more than chosen before
+        assert choose_threads() == 1
         monkeypatch.setenv("DDIM_THREADS", "2")
         assert choose_threads() == 2 and torch.get_num_threads() == 2
         monkeypatch.setenv("DDIM_THREADS", "zero")
@@ -90,3 +95,22 @@ def test_compile_model_caches_under_the_ddim_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))  # the user's: kept
     compile_model(net, "cpu", enabled=True)
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
+
+
+def test_compile_reaches_training_and_loading(monkeypatch, trained_run, tmp_path):
+    """--compile / compile=True wrap the network that the training loss and the pipeline call."""
+    from ddim.cli import main
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compiled.append(type(model).__name__) or model)
+    monkeypatch.setenv("DDIM_CACHE_DIR", str(tmp_path / "cache"))
+    pipe = ddim.load(trained_run, device="cpu", compile=True)
+    assert compiled == ["UNet"] and pipe.model is not None
+    ddim.load(trained_run, device="cpu")  # off by default for sampling
+    assert compiled == ["UNet"]
+    out = str(tmp_path / "run")
+    argv = ["train", "--data", "digits", "--out", out, "--size", "8", "--base-channels", "8",
+            "--channel-mult", "1,2", "--timesteps", "20", "--batch-size", "4", "--steps", "1",
+            "--sample-every", "0", "--device", "cpu", "--compile"]  # fmt: skip
+    assert main(argv) == 0
+    assert compiled == ["UNet", "UNet"]

@@ -96,8 +96,9 @@ def passive_wait() -> bool:
 
 
 def choose_threads(threads: int | None = None) -> int:
-    """Set torch's intra-op threads: `threads` if given, else $DDIM_THREADS, else `usable_cpus()`;
-    returns the count. OMP_NUM_THREADS set by the user
+    """Set torch's intra-op threads: `threads` if given, else $DDIM_THREADS, else `usable_cpus()`
+    (no more than torch's current count when the passive wait is not in force, e.g. torch was
+    imported before ddim); returns the count. OMP_NUM_THREADS set by the user
     is respected (torch already read it)."""
     import torch
 
@@ -112,6 +113,8 @@ def choose_threads(threads: int | None = None) -> int:
         if os.environ.get("OMP_NUM_THREADS"):
             return torch.get_num_threads()
         threads = usable_cpus()
+        if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":  # waiting threads spin: never more
+            threads = min(threads, torch.get_num_threads())  # than torch (or the embedding program) chose
     torch.set_num_threads(threads)
     return threads
 

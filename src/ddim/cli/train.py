@@ -133,6 +133,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     _flag(g, "--keep-last", "checkpoints kept, 0: all", t, type=non_negative_int)
     _flag(g, "--log-every", "steps between log lines (and the last step), 0: never", t, type=non_negative_int)
     _flag(g, "--device", "auto (CUDA when present, else CPU), cpu, cuda or cuda:N", t)
+    _flag(g, "--compile", "torch.compile the UNet (default: CPU runs of 2000+ steps)", action="store_true")
     p.add_argument("--dry-run", action="store_true", help="print the resolved configuration as JSON and exit")
     p.set_defaults(run=run_train)
 
@@ -235,7 +236,7 @@ def run_train(args: argparse.Namespace) -> None:
     if args.dry_run:
         print_json({"out": args.out, "resume": args.resume, "run": run.to_dict()})
         return
-    checkpoint = train(run, args.out, resume=args.resume, dataset=dataset)
+    checkpoint = train(run, args.out, resume=args.resume, dataset=dataset, compile=args.compile)
     print(f"trained to step {run.train.steps}; newest checkpoint: {checkpoint}")
 
 

@@ -44,6 +44,7 @@ from ddim.distributed import init_from_env, is_distributed, is_main_process, ran
 from ddim.errors import BadFile, BadValue, DdimError, NonFinite, PathError, Stopped, from_os_error
 from ddim.images import save_grid
 from ddim.models import UNet
+from ddim.models.compile import compile_model
 from ddim.noise import seed_for
 from ddim.objectives import diffusion_loss
 from ddim.training.batches import Batches, check_dataset, fingerprint
@@ -84,6 +85,7 @@ def train(
     resume: bool = False,
     progress: bool = True,
     dataset: Dataset | None = None,
+    compile: bool | None = None,
 ) -> Path:
     """Train `run` and write its logs, sample grids and checkpoints under `out_dir`; return the
     newest checkpoint folder. `dataset` (any Dataset under ddim.data's contract) replaces
@@ -162,6 +164,7 @@ def _train(
     if is_distributed():  # gradients are averaged over the processes (DDP all-reduce)
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+    forward = compile_model(net, device, compile, cfg.steps)  # compile: True, False or None (where it pays)
     num_classes = run.model.num_classes
     max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
 
@@ -203,7 +206,7 @@ def _train(
                     sync = net.no_sync() if net is not model and not last else contextlib.nullcontext()
                     with sync, autocast:
                         loss = diffusion_loss(
-                            net,
+                            forward,
                             x0.to(device, non_blocking=True),
                             schedule,
                             prediction=run.diffusion.prediction,
