@@ -164,7 +164,7 @@ def _train(
     if is_distributed():  # gradients are averaged over the processes (DDP all-reduce)
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
-    forward = compile_model(net, device, compile, cfg.steps)  # compile: True, False or None (where it pays)
+    forward = compile_model(net, device, compile, cfg.steps) if compile else net  # --compile
     num_classes = run.model.num_classes
     max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
 
