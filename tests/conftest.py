@@ -1,18 +1,21 @@
 """Suite-wide settings and shared fixtures.
 
-One intra-op thread per test process (the suite runs under pytest-xdist with one worker per core;
-more threads only fight over the cores). `trained_run`: the one tiny trained run of the session
+One intra-op thread per test process, also for the CLI in-process or in a subprocess
+($DDIM_THREADS): the suite runs under pytest-xdist with one worker per core, and more threads
+only fight over the cores. `trained_run`: the one tiny trained run of the session
 (trained once per test process), a run folder with checkpoints after steps 1 and 2; read it, never
 write into it (copy it first). The exact Gaussian oracle and its helpers live in oracles.py."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(1)
+os.environ["DDIM_THREADS"] = "1"  # the CLI's thread choice (ddim.device.choose_threads)
 
 TINY_SIZE = 8
 # a tiny UNet on 8x8 digits, as the CLI trains it

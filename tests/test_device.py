@@ -51,6 +51,7 @@ def test_choose_threads_sets_torch(monkeypatch):
     try:
         assert choose_threads(1) == 1 and torch.get_num_threads() == 1
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.delenv("DDIM_THREADS", raising=False)  # conftest sets it for the suite
         monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
         assert choose_threads() == usable_cpus() == torch.get_num_threads()
         torch.set_num_threads(1)

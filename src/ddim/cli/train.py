@@ -133,7 +133,12 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     _flag(g, "--keep-last", "checkpoints kept, 0: all", t, type=non_negative_int)
     _flag(g, "--log-every", "steps between log lines (and the last step), 0: never", t, type=non_negative_int)
     _flag(g, "--device", "auto (CUDA when present, else CPU), cpu, cuda or cuda:N", t)
-    _flag(g, "--compile", "torch.compile the UNet (default: CPU runs of 2000+ steps)", action="store_true")
+    _flag(
+        g,
+        "--compile",
+        "torch.compile the UNet (off by default; docs/performance.md says when it pays)",
+        action="store_true",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the resolved configuration as JSON and exit")
     p.set_defaults(run=run_train)
 

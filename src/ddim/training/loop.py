@@ -101,7 +101,7 @@ def train(
             continuing = resume and bool(list_checkpoints(out_dir / CHECKPOINTS))
             stack.enter_context(RunFolder(out_dir, fresh=not continuing))
         try:
-            return _train(run, out_dir, device, resume, progress, dataset)
+            return _train(run, out_dir, device, resume, progress, dataset, compile)
         except OSError as e:
             error = from_os_error(e)
             if error is None:
@@ -110,7 +110,13 @@ def train(
 
 
 def _train(
-    run: RunConfig, out_dir: Path, device: torch.device, resume: bool, progress: bool, dataset: Dataset | None
+    run: RunConfig,
+    out_dir: Path,
+    device: torch.device,
+    resume: bool,
+    progress: bool,
+    dataset: Dataset | None,
+    compile_net: bool | None,
 ) -> Path:
     cfg, main, sharding = run.train, is_main_process(), (rank(), world_size())
     ckpt_root = out_dir / CHECKPOINTS
@@ -164,7 +170,7 @@ def _train(
     if is_distributed():  # gradients are averaged over the processes (DDP all-reduce)
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
-    forward = compile_model(net, device, compile, cfg.steps) if compile else net  # --compile
+    forward = compile_model(net, device, compile_net, cfg.steps)  # --compile (None: auto)
     num_classes = run.model.num_classes
     max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
 
