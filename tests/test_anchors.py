@@ -128,9 +128,7 @@ def test_schedules_match_diffusers_betas(kind, ours):
     named schedules (defaults: linear 1e-4..0.02, scaled_linear 0.00085..0.012)."""
     d = _diffusers()
     start, end = (1e-4, 0.02) if kind == "linear" else (0.00085, 0.012)
-    theirs = d.DDIMScheduler(
-        num_train_timesteps=T, beta_schedule=kind, beta_start=start, beta_end=end
-    ).betas
+    theirs = d.DDIMScheduler(num_train_timesteps=T, beta_schedule=kind, beta_start=start, beta_end=end).betas
     err = float(((ours.betas - theirs.double()).abs() / theirs.double()).max())
     print(f"schedule {kind}: max rel err betas {err:.2e}")
     assert err < 1e-6  # measured 1.1e-7 linear, 2.2e-7 scaled_linear, 5.9e-8 cosine
@@ -185,9 +183,7 @@ def test_ddim_matches_diffusers_ddim_scheduler_leading(prediction, eta, steps):
     theirs = diffusers_ddim_loop(scheduler, model, x, steps, eta, noise)
     assert make_timesteps(T, steps, "leading").tolist() == scheduler.timesteps.tolist()
     if eta == 0:
-        ours = ddim.sample(
-            model, x, schedule, steps=steps, eta=eta, spacing="leading", prediction=prediction
-        )
+        ours = ddim.sample(model, x, schedule, steps=steps, eta=eta, spacing="leading", prediction=prediction)
     else:
         predict = make_predictor(model, schedule, prediction)
         grid = make_timesteps(T, steps, "leading")
@@ -337,9 +333,7 @@ def diffusers_ddpm_loop(monkeypatch, scheduler, model, x: Tensor, grid: list[int
         ("fixed_large", "beta", 20),
     ],
 )
-def test_ddpm_matches_diffusers_ddpm_scheduler(
-    monkeypatch, prediction, variance_type, variance, steps
-):
+def test_ddpm_matches_diffusers_ddpm_scheduler(monkeypatch, prediction, variance_type, variance, steps):
     """Ancestral sampling (Ho et al. 2020, Alg. 2) equals diffusers' DDPMScheduler with the same
     noise: "fixed_small" is our posterior variance beta-tilde, "fixed_large" our variance beta,
     on the full grid and on a leading sub-grid (diffusers' custom timesteps; its DDPM looks the
@@ -360,14 +354,10 @@ def test_ddpm_matches_diffusers_ddpm_scheduler(
         scheduler.alphas_cumprod.double(),
         scheduler.one.double(),
     )
-    theirs64 = diffusers_ddpm_loop(
-        monkeypatch, scheduler, model, x.double(), grid.tolist(), noise.double()
-    )
+    theirs64 = diffusers_ddpm_loop(monkeypatch, scheduler, model, x.double(), grid.tolist(), noise.double())
     predict = make_predictor(model, schedule, prediction)
     ours = ddpm_sampler(predict, x, schedule, grid, variance=variance, noise=noise)
-    ours64 = ddpm_sampler(
-        predict, x.double(), schedule, grid, variance=variance, noise=noise.double()
-    )
+    ours64 = ddpm_sampler(predict, x.double(), schedule, grid, variance=variance, noise=noise.double())
     err64 = float((ours64 - theirs64).abs().max() / theirs64.abs().max())
     err = rel_err(ours, theirs64.float())
     err_theirs = rel_err(theirs, theirs64.float())
@@ -381,9 +371,7 @@ def test_ddpm_matches_diffusers_ddpm_scheduler(
     assert err_both < 4e-5  # measured max 1.2e-5 (full grid), diffusers' own float32 error
 
 
-@pytest.mark.parametrize(
-    "variance_type, variance", [("fixed_small", "posterior"), ("fixed_large", "beta")]
-)
+@pytest.mark.parametrize("variance_type, variance", [("fixed_small", "posterior"), ("fixed_large", "beta")])
 def test_diffusers_ddpm_adds_noise_at_the_last_step_of_a_grid_ending_above_zero(
     monkeypatch, variance_type, variance
 ):
@@ -501,9 +489,7 @@ def test_ddim_matches_lucidrains_ddim_sample(prediction, eta, steps):
     schedule = NoiseSchedule.from_alphas_cumprod(diffusion.alphas_cumprod.double())
     x, noise = lucidrains_draws(seed, steps - 1)
     if eta == 0:
-        ours = ddim.sample(
-            rec.net, x, schedule, steps=None, spacing=grid, clip=1.0, prediction=prediction
-        )
+        ours = ddim.sample(rec.net, x, schedule, steps=None, spacing=grid, clip=1.0, prediction=prediction)
     else:
         predict = make_predictor(rec.net, schedule, prediction, clip=1.0)
         ours = ddim_sampler(predict, x, schedule, grid, eta=eta, noise=noise)
@@ -536,13 +522,8 @@ def test_ddpm_matches_lucidrains_p_sample_loop(prediction):
     grid = make_timesteps(T_DDPM, T_DDPM, "trailing")
     ours = ddpm_sampler(predict, x, schedule, grid, variance="posterior", noise=noise)
     err = rel_err(ours, theirs)
-    unclipped = ddpm_sampler(
-        make_predictor(net, schedule, prediction), x, schedule, grid, noise=noise
-    )
+    unclipped = ddpm_sampler(make_predictor(net, schedule, prediction), x, schedule, grid, noise=noise)
     err_unclipped = rel_err(unclipped, theirs)
-    print(
-        f"ddpm vs lucidrains p_sample_loop {prediction}: {err:.2e}"
-        f" (without clip {err_unclipped:.2e})"
-    )
+    print(f"ddpm vs lucidrains p_sample_loop {prediction}: {err:.2e} (without clip {err_unclipped:.2e})")
     assert err < 1e-5  # measured 8.9e-7 eps, 8.3e-7 v, 2.2e-6 x0
     assert err_unclipped > 1e-2  # measured min 0.34 (v): the clipping does act
