@@ -277,6 +277,7 @@ def test_digits_has_one_split():
 
 
 def test_torchvision_names_load_from_a_root(tmp_path):
+    pytest.importorskip("torchvision")  # the extra ddim[torchvision]
     arrays = write_mnist(tmp_path / "MNIST" / "raw", n_train=4, n_test=2, side=28)
     ds = load_dataset("mnist", root=tmp_path, split="test", size=14)
     assert ds.images.shape == (2, 1, 14, 14) and ds.labels.tolist() == [0, 1]
@@ -286,11 +287,13 @@ def test_torchvision_names_load_from_a_root(tmp_path):
 
 
 def test_torchvision_missing_files_say_how_to_fix(tmp_path):
+    pytest.importorskip("torchvision")  # the extra ddim[torchvision]
     with pytest.raises(FileNotFoundError, match="cifar10 .*not found under .*download=True"):
         load_dataset("cifar10", root=tmp_path)
 
 
 def test_ddim_train_takes_a_torchvision_name_with_root(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("torchvision")  # the extra ddim[torchvision]
     from ddim.cli import main
 
     write_mnist(tmp_path / "sets" / "MNIST" / "raw", n_train=4, n_test=2, side=28)
@@ -305,6 +308,7 @@ def test_ddim_train_takes_a_torchvision_name_with_root(tmp_path, monkeypatch, ca
 
 
 def test_torchvision_failed_download_is_one_line(tmp_path, monkeypatch):
+    pytest.importorskip("torchvision")  # the extra ddim[torchvision]
     import torchvision.datasets
 
     def offline(*args, **kwargs):
