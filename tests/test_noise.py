@@ -105,23 +105,23 @@ def test_philox_draw_on_the_cpu_is_the_gpu_draw():
 
 
 def test_split_of_one_generator_keeps_the_first_examples():
-    small = PerSampleNoise.split(torch.Generator().manual_seed(0), 3).randn((4,))
-    big = PerSampleNoise.split(torch.Generator().manual_seed(0), 150).randn((4,))
+    small = PerSampleNoise.from_generators(torch.Generator().manual_seed(0), 3).randn((4,))
+    big = PerSampleNoise.from_generators(torch.Generator().manual_seed(0), 150).randn((4,))
     assert torch.equal(small, big[:3])
-    again = PerSampleNoise.split(torch.Generator().manual_seed(1), 3).randn((4,))
+    again = PerSampleNoise.from_generators(torch.Generator().manual_seed(1), 3).randn((4,))
     assert not torch.equal(small, again)
 
 
 def test_list_of_generators_is_used_per_example():
     gens = [torch.Generator().manual_seed(i) for i in range(3)]
-    z = PerSampleNoise.split(gens, 3).randn((2,))
+    z = PerSampleNoise.from_generators(gens, 3).randn((2,))
     assert torch.equal(z[1], torch.randn(2, generator=torch.Generator().manual_seed(1)))
 
 
 def test_global_rng_untouched():
     state = torch.get_rng_state()
     PerSampleNoise.from_seed(0, 5).randn((3,))
-    PerSampleNoise.split(None, 5).randn((3,))
+    PerSampleNoise.from_generators(None, 5).randn((3,))
     assert torch.equal(state, torch.get_rng_state())
 
 
@@ -161,11 +161,11 @@ def test_cuda_philox_matches_the_cpu():
 @cuda
 def test_cuda_generators_and_pinned_copies():
     gens = [torch.Generator("cuda").manual_seed(i) for i in range(3)]
-    z = PerSampleNoise.split(gens, 3).randn((4,), device="cuda")
+    z = PerSampleNoise.from_generators(gens, 3).randn((4,), device="cuda")
     assert torch.equal(z[2], torch.randn(4, generator=torch.Generator("cuda").manual_seed(2), device="cuda"))
-    one = PerSampleNoise.split(torch.Generator("cuda").manual_seed(0), 5).randn((4,), device="cuda")
+    one = PerSampleNoise.from_generators(torch.Generator("cuda").manual_seed(0), 5).randn((4,), device="cuda")
     assert one.device.type == "cuda" and one.shape == (5, 4)
     cpu_gens = [torch.Generator().manual_seed(i) for i in range(3)]
-    z = PerSampleNoise.split(cpu_gens, 3).randn((4,), device="cuda")  # a pinned, non-blocking copy
+    z = PerSampleNoise.from_generators(cpu_gens, 3).randn((4,), device="cuda")  # a pinned, non-blocking copy
     torch.cuda.synchronize()
     assert torch.equal(z[1].cpu(), torch.randn(4, generator=torch.Generator().manual_seed(1)))

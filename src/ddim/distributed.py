@@ -60,7 +60,7 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def shard(global_size: int, what: str = "batch") -> tuple[int, int]:
+def share_bounds(global_size: int, what: str = "batch") -> tuple[int, int]:
     """(start, stop) of this rank's contiguous share of `global_size` items, which must divide
     evenly among the ranks."""
     world = world_size()

@@ -4,7 +4,7 @@ data-consistent x0 on DDIM steps, Wang et al. 2023, with RePaint's resampling, L
 torch.Generator, one per example, or a `PerSampleNoise`, whose per-example streams make an
 image's result depend only on its seed and index).
 
-Notation as in samplers/ddim.py: a_t = alphas_cumprod[t], a_prev = a at the next grid point.
+Notation as in samplers/ddim.py: a_t = alphas_cumprod[t], a_next = a at the next grid point.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def edit(
         grid = grid[grid < strength * schedule.T]
     if strength == 0 or len(grid) == 0:
         return x0.clone()
-    source = PerSampleNoise.split(generator, len(x0))
+    source = PerSampleNoise.from_generators(generator, len(x0))
     with autograd(grad):
         eps = source.randn(x0.shape[1:], device=x0.device, dtype=x0.dtype)
         if strength == 1:
@@ -114,20 +114,20 @@ def inpaint(
         steps = INPAINT_STEPS
     ts = sampling_grid(schedule, steps, spacing)
     predict = make_predictor(model, schedule, prediction, clip, self_condition)
-    source = PerSampleNoise.split(generator, len(x0))
+    source = PerSampleNoise.from_generators(generator, len(x0))
     shape, dev, dt = x0.shape[1:], x0.device, x0.dtype
     with autograd(grad):
         x, x0_est = source.randn(shape, dev, dt), None
-        for t, a_t, a_prev in grid_steps(schedule, ts):
-            sigma = ddim_sigma(a_t, a_prev, eta)
+        for t, a_t, a_next in grid_steps(schedule, ts):
+            sigma = ddim_sigma(a_t, a_next, eta)
             for u in range(resample):
                 eps, x0_est = predict(x, t, x0_est)
                 x0_est = torch.where(generate, x0_est, x0)  # DDNM eq. 13 for a mask
-                x_prev = ddim_move(x0_est, eps, a_prev, sigma)  # DDIM eq. 12
+                x_prev = ddim_move(x0_est, eps, a_next, sigma)  # DDIM eq. 12
                 if sigma > 0:
                     x_prev = x_prev + sigma * source.randn(shape, dev, dt)
                 if u < resample - 1:  # back to t: q(x_t | x_prev) = N(sqrt(r) x_prev, 1 - r)
-                    r = a_t / a_prev
+                    r = a_t / a_next
                     x = x_prev * r**0.5 + source.randn(shape, dev, dt) * (1 - r) ** 0.5
             x = x_prev
         out = torch.where(generate, x, x0)

@@ -145,9 +145,10 @@ class PerSampleNoise:
         return cls(seed, range(start, start + n), stream, device, philox=philox)
 
     @classmethod
-    def split(cls, generator: Generators | PerSampleNoise, n: int) -> PerSampleNoise:
-        """From one generator (one seed drawn from it, so example i's stream does not depend on
-        n; a generator on a GPU costs one host sync here, before any sampling loop), a list of n
+    def from_generators(cls, generator: Generators | PerSampleNoise, n: int) -> PerSampleNoise:
+        """The `generator` argument of a sampler, as the PerSampleNoise of its n examples. From one
+        generator (one seed drawn from it, so example i's stream does not depend on n; a
+        generator on a GPU costs one host sync here, before any sampling loop), a list of n
         generators (one per example, used as they are), a PerSampleNoise (used as it is), or
         None (fresh entropy, not the global RNG)."""
         if isinstance(generator, PerSampleNoise):
@@ -167,7 +168,7 @@ class PerSampleNoise:
         device = torch.device(device) if device is not None else self.device
         shape = tuple(shape)
         if self.generators is not None:
-            return self._from_generators(shape, device, dtype)
+            return self._draw_from_generators(shape, device, dtype)
         views, key = self._views, (shape, device)
         if not self._first <= self.draws < self._first + len(views):
             views = self._refill(shape, device)
@@ -215,7 +216,7 @@ class PerSampleNoise:
             self._gens = [torch.Generator().manual_seed(int(s)) for s in z.tolist()]
         return self._gens
 
-    def _from_generators(self, shape, device, dtype) -> Tensor:
+    def _draw_from_generators(self, shape, device, dtype) -> Tensor:
         parts = [torch.randn((1, *shape), generator=g, device=g.device) for g in self.generators]
         z = torch.cat(parts)
         if z.device.type == "cpu" and device.type == "cuda":

@@ -48,7 +48,7 @@ def diffusion_loss(
     noise: Tensor | None = None,
     generator: torch.Generator | None = None,
     model_kwargs: dict | None = None,
-    shard: tuple[int, int] = (0, 1),
+    rank_world: tuple[int, int] = (0, 1),
 ) -> Tensor:
     """Per-example loss [N]: || target - model(x_t, t) ||^2 averaged over each example's values,
     x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps (Ho et al. 2020, eq. 4 and Alg. 1).
@@ -58,7 +58,7 @@ def diffusion_loss(
     half the batch gets the model's own x0 estimate (no gradient) as extra input (Chen et al.
     2022, "Analog Bits", Alg. 1); the model is called as model(x_t, t, x0_self_cond).
 
-    shard = (r, k): x0 is the r-th of k equal shares of a global batch (data-parallel training);
+    rank_world = (r, k): x0 is the r-th of k equal shares of a global batch (data-parallel training);
     the randomness is drawn for the whole global batch and this share kept, so k processes with
     batch n draw exactly what one process with batch k n would."""
     if prediction not in PREDICTIONS:
@@ -66,7 +66,7 @@ def diffusion_loss(
     if weighting not in WEIGHTINGS:
         raise BadValue(f"unknown weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
     n = x0.shape[0]
-    rank, world = shard
+    rank, world = rank_world
     mine = slice(rank * n, (rank + 1) * n)
     kwargs = model_kwargs or {}
     gen_device = generator.device if generator is not None else "cpu"

@@ -34,11 +34,11 @@ def to_uint8(x: Tensor) -> np.ndarray:
 
 
 def random_flip(
-    images: Tensor, generator: torch.Generator | None = None, shard: tuple[int, int] = (0, 1)
+    images: Tensor, generator: torch.Generator | None = None, rank_world: tuple[int, int] = (0, 1)
 ) -> Tensor:
-    """Flip each image of a batch [N, ..., W] left-right with probability 1/2. With shard = (r, k)
+    """Flip each image of a batch [N, ..., W] left-right with probability 1/2. With rank_world = (r, k)
     the batch is the r-th of k shares of a global batch, and the draws are the global batch's."""
-    n, (rank, world) = images.shape[0], shard
+    n, (rank, world) = images.shape[0], rank_world
     flip = torch.rand(n * world, generator=generator)[rank * n : (rank + 1) * n] < 0.5
     flip = flip.to(images.device).view(-1, *[1] * (images.ndim - 1))
     return torch.where(flip, images.flip(-1), images)

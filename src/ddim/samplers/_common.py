@@ -17,7 +17,7 @@ Callback = Callable[[int, int, Tensor, Tensor], None]  # (i, t, x, x0_estimate)
 class Step(NamedTuple):
     t: int  # the timestep the model is evaluated at
     a_t: float  # alphas_cumprod[t]
-    a_prev: float  # alphas_cumprod of the next grid point; 1.0 after the last (clean data)
+    a_next: float  # alphas_cumprod of the next grid point; 1.0 after the last (clean data)
 
 
 def grid_steps(schedule: NoiseSchedule, timesteps: Sequence[int] | Tensor) -> list[Step]:
@@ -32,9 +32,9 @@ def grid_steps(schedule: NoiseSchedule, timesteps: Sequence[int] | Tensor) -> li
     return [Step(t, a[t], a[ts[i + 1]] if i + 1 < len(ts) else 1.0) for i, t in enumerate(ts)]
 
 
-def ddim_move(x0: Tensor, eps: Tensor, a_prev: float, sigma: float = 0.0) -> Tensor:
-    """DDIM eq. 12 without its noise term: sqrt(a_prev) x0 + sqrt(1 - a_prev - sigma^2) eps."""
-    return (x0 * a_prev**0.5).add_(eps, alpha=max(1.0 - a_prev - sigma**2, 0.0) ** 0.5)
+def ddim_move(x0: Tensor, eps: Tensor, a_next: float, sigma: float = 0.0) -> Tensor:
+    """DDIM eq. 12 without its noise term: sqrt(a_next) x0 + sqrt(1 - a_next - sigma^2) eps."""
+    return (x0 * a_next**0.5).add_(eps, alpha=max(1.0 - a_next - sigma**2, 0.0) ** 0.5)
 
 
 def half_log_snr(a: float) -> float:

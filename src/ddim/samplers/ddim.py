@@ -1,6 +1,8 @@
 """DDIM sampling (Song, Meng, Ermon 2020) for any eta >= 0, and the deterministic DDIM encoder.
 
-Notation: a_t = alphas_cumprod[t], a_prev = a at the next grid point (1 after the last one).
+Notation: a_t = alphas_cumprod[t], a_next = a at the next grid point of the decreasing walk
+(1 after the last one). The formulas of the paper (`ddim_sigma`, `max_eta`) keep its symbol
+a_prev = alpha_{t-1} (alpha_{tau_{i-1}} on a sub-grid, sec. 4.2), which is the walk's a_next.
 """
 
 from __future__ import annotations
@@ -51,17 +53,17 @@ def ddim(
     steps = grid_steps(schedule, timesteps)
     if eta > 1 and eta > (largest := max_eta(steps)):
         raise BadValue(
-            f"eta = {eta} leaves DDIM eq. 12 undefined on this grid (1 - a_prev - sigma^2 < 0): "
+            f"eta = {eta} leaves DDIM eq. 12 undefined on this grid (1 - a_next - sigma^2 < 0): "
             f"use eta <= {largest:.6g}"
         )
     if noise is not None and noise.shape != (len(steps), *x.shape):
         raise BadValue(f"noise must have shape {(len(steps), *x.shape)}, got {tuple(noise.shape)}")
-    source = PerSampleNoise.split(generator, len(x)) if eta > 0 and noise is None else None
+    source = PerSampleNoise.from_generators(generator, len(x)) if eta > 0 and noise is None else None
     x0 = None
-    for i, (t, a_t, a_prev) in enumerate(steps):
+    for i, (t, a_t, a_next) in enumerate(steps):
         eps, x0 = predict(x, t, x0)
-        sigma = ddim_sigma(a_t, a_prev, eta)
-        x_prev = ddim_move(x0, eps, a_prev, sigma)  # DDIM eq. 12
+        sigma = ddim_sigma(a_t, a_next, eta)
+        x_prev = ddim_move(x0, eps, a_next, sigma)  # DDIM eq. 12
         if sigma > 0:
             z = noise[i].to(x) if noise is not None else source.randn(x.shape[1:], x.device, x.dtype)
             x_prev = x_prev + sigma * z

@@ -1,7 +1,8 @@
 """DDPM ancestral sampling (Ho et al. 2020, Alg. 2) on any grid of timesteps.
 
 Between grid points t > s the effective step has beta = 1 - a_t/a_s (DDIM sec. 4.2), and the
-posterior q(x_s | x_t, x0) is Ho et al. eq. 7 with that beta.
+posterior q(x_s | x_t, x0) is Ho et al. eq. 7 with that beta. a_next = a_s, the a of the next
+grid point (1 after the last); `posterior_variance` keeps the paper's a_prev = alpha-bar_{t-1}.
 """
 
 from __future__ import annotations
@@ -43,15 +44,15 @@ def ddpm(
     steps = grid_steps(schedule, timesteps)
     if noise is not None and noise.shape != (len(steps), *x.shape):
         raise BadValue(f"noise must have shape {(len(steps), *x.shape)}, got {tuple(noise.shape)}")
-    source = PerSampleNoise.split(generator, len(x)) if noise is None else None
+    source = PerSampleNoise.from_generators(generator, len(x)) if noise is None else None
     x0 = None
-    for i, (t, a_t, a_prev) in enumerate(steps):
+    for i, (t, a_t, a_next) in enumerate(steps):
         eps, x0 = predict(x, t, x0)
-        beta = 1 - a_t / a_prev
+        beta = 1 - a_t / a_next
         # Ho et al. 2020, eq. 7: the posterior mean from x0 and x_t
-        x = (a_prev**0.5 * beta / (1 - a_t)) * x0 + ((1 - beta) ** 0.5 * (1 - a_prev) / (1 - a_t)) * x
-        if a_prev < 1.0:
-            var = posterior_variance(a_t, a_prev) if variance == "posterior" else beta
+        x = (a_next**0.5 * beta / (1 - a_t)) * x0 + ((1 - beta) ** 0.5 * (1 - a_next) / (1 - a_t)) * x
+        if a_next < 1.0:
+            var = posterior_variance(a_t, a_next) if variance == "posterior" else beta
             z = noise[i].to(x) if noise is not None else source.randn(x.shape[1:], x.device, x.dtype)
             x = x + var**0.5 * z
         if callback is not None:

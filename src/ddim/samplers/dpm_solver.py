@@ -80,13 +80,13 @@ def dpm_solver_pp(
     ms: list[Tensor] = []  # x0 predictions at the last `order` grid points, newest last
     lams: list[float] = []
     x0 = None
-    for i, (t, a_t, a_prev) in enumerate(steps):
+    for i, (t, a_t, a_next) in enumerate(steps):
         eps, x0 = predict(x, t, x0)
         ms, lams = [*ms, x0][-order:], [*lams, half_log_snr(a_t)][-order:]
         p = multistep_order(i, len(steps), order, lower_order_final)
-        x = ddim_move(x0, eps, a_prev)  # DDIM eq. 12 = DPM-Solver++(1)
+        x = ddim_move(x0, eps, a_next)  # DDIM eq. 12 = DPM-Solver++(1)
         if p > 1:
-            x = x + a_prev**0.5 * dpmpp_correction(ms[-p:], lams[-p:], half_log_snr(a_prev))
+            x = x + a_next**0.5 * dpmpp_correction(ms[-p:], lams[-p:], half_log_snr(a_next))
         if callback is not None:
             callback(i, t, x, x0)
     return x

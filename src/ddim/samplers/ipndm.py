@@ -70,9 +70,9 @@ def ipndm(
     history: list[Tensor] = []  # eps at the last `order` grid points, newest first
     sigmas: list[float] = []
     x0 = None
-    for i, (t, a_t, a_prev) in enumerate(steps):
+    for i, (t, a_t, a_next) in enumerate(steps):
         eps, x0 = predict(x, t, x0)
-        sigma, sigma_next = karras_sigma(max(a_t, A_FLOOR)), karras_sigma(a_prev)
+        sigma, sigma_next = karras_sigma(max(a_t, A_FLOOR)), karras_sigma(a_next)
         history, sigmas = [eps, *history][:order], [sigma, *sigmas][:order]
         p = 1 if i == len(steps) - 1 else len(history)
         weights = ab_coefficients(sigmas, sigma_next) if variable and p > 1 else AB_FIXED[p - 1]
@@ -81,7 +81,7 @@ def ipndm(
         x_tilde = x0 + sigma_next * e
         if p > 1:
             x_tilde = x_tilde + sigma * (eps - e)
-        x = a_prev**0.5 * x_tilde
+        x = a_next**0.5 * x_tilde
         if callback is not None:
             callback(i, t, x, x0)
     return x

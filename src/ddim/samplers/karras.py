@@ -71,16 +71,16 @@ def _karras(
 ) -> Tensor:
     steps = grid_steps(schedule, timesteps)
     x0 = None
-    for i, (t, a_t, a_prev) in enumerate(steps):
+    for i, (t, a_t, a_next) in enumerate(steps):
         eps, x0 = predict(x, t, x0)
-        sigma, sigma_next = karras_sigma(max(a_t, A_FLOOR)), karras_sigma(a_prev)
+        sigma, sigma_next = karras_sigma(max(a_t, A_FLOOR)), karras_sigma(a_next)
         # Alg. 2, lines 4-5: d = (x~ - D)/sigma, which is the predictor's eps, and the Euler step
         # x~' = x~ + (sigma' - sigma) d, written as D + sigma' d (x~ = D + sigma d): no x / sqrt(a)
         x_tilde = x0 + sigma_next * eps
         if heun and i + 1 < len(steps):  # line 6: sigma' > 0
-            eps_next, _ = predict(a_prev**0.5 * x_tilde, steps[i + 1].t, x0)  # line 7: d' = eps'
+            eps_next, _ = predict(a_next**0.5 * x_tilde, steps[i + 1].t, x0)  # line 7: d' = eps'
             x_tilde = x_tilde + (sigma_next - sigma) * (eps_next - eps) / 2  # line 8: (d + d')/2 for d
-        x = a_prev**0.5 * x_tilde
+        x = a_next**0.5 * x_tilde
         if callback is not None:
             callback(i, t, x, x0)
     return x

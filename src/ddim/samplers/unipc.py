@@ -91,7 +91,7 @@ def unipc(
     ms: list[Tensor] = []  # x0 predictions at the last `order` grid points, newest last
     lams: list[float] = []
     x0, eps, p = None, None, 1
-    for i, (t, a_t, a_prev) in enumerate(steps):
+    for i, (t, a_t, a_next) in enumerate(steps):
         eps_t, x0 = predict(x, t, x0)
         lam_t = half_log_snr(a_t)
         if 0 < i < len(steps) - 1:
@@ -102,9 +102,9 @@ def unipc(
         eps = eps_t
         ms, lams = [*ms, x0][-order:], [*lams, lam_t][-order:]
         p = multistep_order(i, len(steps), order, lower_order_final)
-        x = ddim_move(x0, eps, a_prev)  # UniP: the DDIM step (eq. 12) ...
+        x = ddim_move(x0, eps, a_next)  # UniP: the DDIM step (eq. 12) ...
         if p > 1:  # ... plus the higher-order terms
-            x = x + a_prev**0.5 * unipc_correction(ms[-p:], lams[-p:], half_log_snr(a_prev))
+            x = x + a_next**0.5 * unipc_correction(ms[-p:], lams[-p:], half_log_snr(a_next))
         if callback is not None:
             callback(i, t, x, x0)
     return x

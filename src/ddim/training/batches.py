@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ddim.config import RunConfig
 from ddim.data import random_flip
-from ddim.distributed import rank, shard, world_size
+from ddim.distributed import rank, share_bounds, world_size
 from ddim.errors import BadValue
 from ddim.noise import seed_for
 
@@ -75,7 +75,7 @@ class Batches:
     def __init__(self, dataset: Dataset, seed: int, batch: int, position: int, num_workers: int = 0):
         self.stream = IndexStream(len(dataset), seed)
         self.batch, self.position = batch, position
-        self.share = shard(batch, "micro-batch (batch_size / grad_accum)")
+        self.share = share_bounds(batch, "micro-batch (batch_size / grad_accum)")
         self.flip = bool(getattr(dataset, "flip", False))
         images, labels = getattr(dataset, "images", None), getattr(dataset, "labels", None)
         self.in_memory = isinstance(images, Tensor) and isinstance(labels, Tensor)
@@ -97,7 +97,7 @@ class Batches:
             images, labels = next(self.loader)
         self.position += self.batch
         if self.flip:
-            images = random_flip(images, generator, shard=(rank(), world_size()))
+            images = random_flip(images, generator, rank_world=(rank(), world_size()))
         return images, torch.as_tensor(labels)
 
 

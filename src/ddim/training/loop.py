@@ -9,7 +9,7 @@ label dropout from one CPU generator, timesteps and noise from one generator on 
 checkpoint stores all of them, so a resumed run continues exactly as an uninterrupted one would.
 
 Under torchrun the model is wrapped in DistributedDataParallel and `batch_size` stays the global
-batch: every process reads the same global order and keeps its share (`ddim.distributed.shard`),
+batch: every process reads the same global order and keeps its share (`ddim.distributed.share_bounds`),
 and every random draw is made for the global batch, so N processes compute what one process
 does, and a checkpoint written with N processes resumes with M. Side effects (progress bar, CSV
 and TensorBoard logs, sample grids, checkpoints) happen only on rank 0 (`is_main_process()`).
@@ -118,7 +118,7 @@ def _train(
     dataset: Dataset | None,
     compile_net: bool | None,
 ) -> Path:
-    cfg, main, sharding = run.train, is_main_process(), (rank(), world_size())
+    cfg, main, rank_world = run.train, is_main_process(), (rank(), world_size())
     ckpt_root = out_dir / CHECKPOINTS
     if main:  # every output folder writable now, not after the first steps
         for folder in (ckpt_root, out_dir / "samples") if cfg.sample_every else (ckpt_root,):
@@ -205,7 +205,7 @@ def _train(
                     x0, labels = batches.next(data_gen)
                     kwargs = None
                     if num_classes is not None:  # classifier-free guidance training (Ho & Salimans 2022)
-                        n, (r, k) = len(labels), sharding
+                        n, (r, k) = len(labels), rank_world
                         drop = torch.rand(n * k, generator=data_gen)[r * n : (r + 1) * n] < cfg.label_dropout
                         kwargs = {"y": torch.where(drop, num_classes, labels).to(device)}
                     last = micro == cfg.grad_accum - 1
@@ -222,7 +222,7 @@ def _train(
                             self_condition=run.model.self_condition,
                             generator=noise_gen,
                             model_kwargs=kwargs,
-                            shard=sharding,
+                            rank_world=rank_world,
                         ).mean()
                         (loss / cfg.grad_accum).backward()
                     step_loss = step_loss + loss.detach() / cfg.grad_accum
