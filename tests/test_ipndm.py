@@ -40,7 +40,7 @@ def x_T(n=16, d=4, seed=0, dtype=torch.float64):
 
 
 def test_registered_with_its_grid():
-    assert SAMPLERS["ipndm"] is ipndm and DEFAULT_SPACINGS["ipndm"] == "logsnr"
+    assert SAMPLERS["ipndm"].fn is ipndm and DEFAULT_SPACINGS["ipndm"] == "logsnr"
     assert model_calls("ipndm", 7) == 7
 
 

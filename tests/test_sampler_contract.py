@@ -5,8 +5,11 @@ for each entry of `ddim.SAMPLERS`, including any added later:
 - the last step returns the x0 estimate (no residual noise) and the callback sees every step;
 - the global RNG is never touched; randomness comes from `generator` alone;
 - any float dtype (float32, float64) and any data shape ([N, D], [N, C, H, W]) in and out;
-- no state kept between calls: the same call gives the same result after other calls.
+- no state kept between calls: the same call gives the same result after other calls;
+- the registry's entry tells the truth about eta (its call count: test_higher_order.py).
 """
+
+import inspect
 
 import pytest
 import torch
@@ -18,8 +21,9 @@ from ddim import SAMPLERS
 ZERO_SNR = SCHED.rescale_zero_terminal_snr()
 
 
-def draw(name: str, model, x, schedule=SCHED, steps=6, seed=0, **kw):
-    """`ddim.sample` with a seeded generator (used by the stochastic samplers only)."""
+def draw(name: str, model, x, schedule=SCHED, steps=8, seed=0, **kw):
+    """`ddim.sample` with a seeded generator (used by the stochastic samplers only); 8 steps, as heun
+    refuses fewer on SCHED's karras grid (sampling.check_noise_left)."""
     gen = torch.Generator().manual_seed(seed)
     return ddim.sample(model, x, schedule, steps, sampler=name, generator=gen, **kw)
 
@@ -42,9 +46,9 @@ def test_zero_terminal_snr_gives_a_finite_sample_of_the_data(name, prediction):
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_last_step_returns_the_x0_estimate_and_the_callback_sees_every_step(name):
     seen = []
-    traj = draw(name, oracle(), x_T(4), steps=6, return_all_timesteps=True,
+    traj = draw(name, oracle(), x_T(4), steps=8, return_all_timesteps=True,
                 callback=lambda i, t, x, x0: seen.append((i, t)))  # fmt: skip
-    assert [i for i, _ in seen] == list(range(6)) and [t for _, t in seen] == traj.timesteps.tolist()
+    assert [i for i, _ in seen] == list(range(8)) and [t for _, t in seen] == traj.timesteps.tolist()
     assert torch.equal(traj.xs[-1], traj.samples)
     torch.testing.assert_close(traj.samples, traj.x0s[-1], rtol=1e-12, atol=1e-12)
 
@@ -79,3 +83,16 @@ def test_no_state_survives_a_call(name):
     first = draw(name, oracle(), x_T(8), steps=10, spacing="logsnr")
     draw(name, oracle("v"), x_T(3, seed=1), steps=7, spacing="trailing", prediction="v")  # in between
     assert torch.equal(first, draw(name, oracle(), x_T(8), steps=10, spacing="logsnr"))
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_the_registry_says_which_samplers_take_eta(name):
+    """`ddim.sample` passes eta by the registry's `takes_eta`: the entry agrees with the function,
+    eta reaches a sampler that takes it, and one that does not refuses eta != 0."""
+    entry = SAMPLERS[name]
+    assert entry.takes_eta == ("eta" in inspect.signature(entry.fn).parameters)
+    if entry.takes_eta:
+        assert not torch.equal(draw(name, oracle(), x_T(4), eta=0.5), draw(name, oracle(), x_T(4)))
+    else:
+        with pytest.raises(ValueError, match="has no eta"):
+            draw(name, oracle(), x_T(4), eta=0.5)

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ddim.errors import BadValue
 from ddim.noise import PerSampleNoise
 from ddim.prediction import classifier_free_guidance
-from ddim.sampling import Trajectory, sample
+from ddim.sampling import Trajectory, resolve_sampler, sample
 from ddim.schedule import NoiseSchedule
 
 X_T_STREAM, STEP_NOISE_STREAM = 0, 1  # PerSampleNoise streams: the initial noise, each step's noise
@@ -101,6 +101,7 @@ def generate_batches(
     if batch_size < 1:
         raise BadValue(f"batch_size must be at least 1, got {batch_size}")
     device = model_device(model, device)
+    resolve_sampler(schedule, **options)  # bad sampling options are refused before the first batch
     with tqdm(total=n, desc="sampling", unit="image", disable=not progress, leave=False) as bar:
         for first in range(0, n, batch_size):
             k = min(batch_size, n - first)

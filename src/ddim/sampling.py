@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -13,13 +12,17 @@ from torch import Tensor
 from ddim.errors import BadValue, NonFinite
 from ddim.noise import Generators
 from ddim.prediction import Clip, make_predictor
-from ddim.samplers import DEFAULT_SPACINGS, EXACT_INVERTIBLE, INVERSES, SAMPLERS, ddim_invert
+from ddim.samplers import DEFAULT_SPACINGS, EXACT_INVERTIBLE, INVERSES, Sampler, ddim_invert, registered
 from ddim.samplers._common import Callback
 from ddim.samplers.exact import unpack
 from ddim.schedule import NoiseSchedule
 from ddim.timesteps import make_timesteps
 
 DEFAULT_STEPS = 50
+# The noise check of `check_noise_left`: data N(0, PROBE_S^2), the spread of images in [-1, 1], and
+# the spread ratio above which a sample is mostly noise (docs/samplers.md, "Few steps": heun on
+# MNIST, linear schedule, 5 steps: 2.7x, FD 19.3; 10 steps: 1.25x, FD 2.47)
+PROBE_S, NOISE_LEFT_LIMIT = 0.5, 2.0
 
 
 class Trajectory(NamedTuple):
@@ -38,6 +41,63 @@ def sampling_grid(schedule: NoiseSchedule, steps: int | None, spacing: str | Seq
     if steps is None and isinstance(spacing, str):
         steps = min(DEFAULT_STEPS, schedule.T)
     return make_timesteps(schedule.T, steps, spacing, schedule=schedule)
+
+
+def spread_ratio(sampler: str, schedule: NoiseSchedule, timesteps: Tensor) -> float:
+    """The spread of `sampler`'s output on this grid over the data's, for N(0, PROBE_S^2) data and
+    its exact denoiser E[x0 | x_t] = sqrt(a) s^2 / (a s^2 + 1 - a) x_t (tests/oracles.py). The
+    sampler is then linear in x_T ~ N(0, 1), so one run from x_T = 1 gives the ratio."""
+    a_all, s2 = schedule.alphas_cumprod.tolist(), PROBE_S**2
+
+    def predict(x: Tensor, t: int, x0_prev: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        a = a_all[t]
+        x0 = x * (a**0.5 * s2 / (a * s2 + 1 - a))
+        return (x - a**0.5 * x0) / (1 - a) ** 0.5, x0
+
+    out = registered(sampler)(predict, torch.ones(1, dtype=torch.float64), schedule, timesteps)
+    return abs(out.item()) / PROBE_S
+
+
+def check_noise_left(sampler: str, schedule: NoiseSchedule, timesteps: Tensor, spacing: str) -> None:
+    """Refuse a `spacing` grid on which `sampler` would return mostly noise (a spread ratio above
+    NOISE_LEFT_LIMIT), naming the fewest steps of that spacing (up to 100) that pass. The reason
+    given is heun's, the one registered sampler that `may_leave_noise`."""
+    ratio = spread_ratio(sampler, schedule, timesteps)
+    if ratio <= NOISE_LEFT_LIMIT:
+        return
+    fewest = next(
+        (n for n in range(len(timesteps) + 1, min(schedule.T, 100) + 1)
+         if spread_ratio(sampler, schedule, sampling_grid(schedule, n, spacing)) <= NOISE_LEFT_LIMIT),
+        None,
+    )  # fmt: skip
+    raise BadValue(
+        f"sampler {sampler!r} on a {len(timesteps)}-step {spacing} grid returns mostly noise ({ratio:.1f}x "
+        "the data's spread on Gaussian data): a trapezoidal step across a large fall in noise (above all "
+        "the one into the last grid point, where the model takes its input for nearly clean) removes "
+        f"only about half the noise it starts from; use {f'steps >= {fewest}' if fewest else 'more steps'}, "
+        "or a one-call-per-step sampler (ddim, dpmpp_2m) for few model calls"
+    )
+
+
+def resolve_sampler(
+    schedule: NoiseSchedule,
+    sampler: str = "ddim",
+    steps: int | None = None,
+    spacing: str | Sequence[int] | None = None,
+    eta: float = 0.0,
+    **_other_options,
+) -> tuple[Sampler, Tensor]:
+    """The registry entry and the grid that `sample` walks for these options, after every check
+    it makes of them, so that a caller (`generation.generate_batches`) can refuse bad options
+    before any work; `sample`'s other options are accepted and ignored here."""
+    entry = registered(sampler)
+    spacing = entry.spacing if spacing is None else spacing
+    if eta != 0 and not entry.takes_eta:
+        raise BadValue(f"sampler {sampler!r} has no eta; eta applies to 'ddim'")
+    timesteps = sampling_grid(schedule, steps, spacing)
+    if entry.may_leave_noise and isinstance(spacing, str):  # a custom grid is taken as given
+        check_noise_left(sampler, schedule, timesteps, spacing)
+    return entry, timesteps
 
 
 def autograd(grad: bool) -> contextlib.AbstractContextManager:
@@ -91,25 +151,19 @@ def sample(
     An exact sampler (EXACT_INVERTIBLE) also decodes the complex latent `invert` gives it (a real
     x_T is a fresh start; samplers/exact.py). Runs under torch.inference_mode() unless `grad`;
     raises NonFinite if the result holds NaN or infinity."""
-    if sampler not in SAMPLERS:
-        raise BadValue(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    entry, timesteps = resolve_sampler(schedule, sampler, steps, spacing, eta)
     if x_T.is_complex() and sampler not in EXACT_INVERTIBLE:
         raise BadValue(
             f"a complex x_T is the latent of an exact sampler ({', '.join(EXACT_INVERTIBLE)}): decode "
             f"it with the sampler that wrote it, not {sampler!r}"
         )
-    fn = SAMPLERS[sampler]
-    spacing = DEFAULT_SPACINGS[sampler] if spacing is None else spacing
-    if "eta" in inspect.signature(fn).parameters:
+    if entry.takes_eta:
         options["eta"] = eta
-    elif eta != 0:
-        raise BadValue(f"sampler {sampler!r} has no eta; eta applies to 'ddim'")
-    timesteps = sampling_grid(schedule, steps, spacing)
     predict = make_predictor(model, schedule, prediction, clip, self_condition)
     what = f"the {sampler!r} sample"
     if not return_all_timesteps:
         with autograd(grad):
-            out = fn(predict, x_T, schedule, timesteps, generator=generator, callback=callback, **options)
+            out = entry(predict, x_T, schedule, timesteps, generator=generator, callback=callback, **options)
         return released(check_finite(out, what))
 
     xs, x0s = list(unpack(x_T)) if x_T.is_complex() else [x_T], []
@@ -121,7 +175,7 @@ def sample(
             callback(i, t, x, x0)
 
     with autograd(grad):
-        out = fn(predict, x_T, schedule, timesteps, generator=generator, callback=collect, **options)
+        out = entry(predict, x_T, schedule, timesteps, generator=generator, callback=collect, **options)
         traj = Trajectory(check_finite(out, what), torch.stack(xs), torch.stack(x0s), timesteps)
     return Trajectory(*(released(v) for v in traj))
 

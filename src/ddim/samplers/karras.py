@@ -1,5 +1,5 @@
 """Euler and Heun (Karras et al. 2022, "Elucidating the Design Space...", Alg. 1 and 2,
-deterministic) on the discrete schedule, and the count of model calls each sampler makes.
+deterministic) on the discrete schedule.
 
 The variance-preserving x_t = sqrt(a) x0 + sqrt(1 - a) eps is read in the variance-exploding
 form of Karras et al. (their eq. 1 with s(t) = sqrt(a)):
@@ -84,9 +84,3 @@ def _karras(
         if callback is not None:
             callback(i, t, x, x0)
     return x
-
-
-def model_calls(sampler: str, steps: int) -> int:
-    """The model calls that the registered sampler `sampler` makes on a grid of `steps` points:
-    one per step, except "heun", which makes two per step but one on the last (Karras Alg. 2)."""
-    return 2 * steps - 1 if sampler == "heun" else steps
