@@ -16,6 +16,7 @@ from PIL import Image
 
 from ddim.cli import main
 from ddim.images import PAD, auto_scale
+from ddim.prediction import PREDICTIONS
 from ddim.training import load_checkpoint
 
 SIZE = 8
@@ -72,7 +73,8 @@ def test_resume_raises_the_step_count(run_dir: Path, tmp_path: Path) -> None:
 
 
 def test_resume_refuses_flags_that_change_the_model(run_dir: Path, capsys) -> None:
-    assert run("train", "--out", run_dir, "--resume", "--base-channels", "16", "--prediction", "v") == 2
+    other = next(p for p in PREDICTIONS if p != load_checkpoint(run_dir).config.diffusion.prediction)
+    assert run("train", "--out", run_dir, "--resume", "--base-channels", "16", "--prediction", other) == 2
     err = capsys.readouterr().err
     assert "--base-channels, --prediction would change the run being resumed" in err
 
@@ -177,7 +179,7 @@ def test_dry_run_of_invert_counts_the_images(
 ) -> None:
     out = tmp_path / "latents.npz"
     assert run("invert", "--checkpoint", run_dir, "--images", image_folder, "--out", out, "--dry-run") == 0
-    assert json.loads(capsys.readouterr().out)["num_images"] == 3
+    assert json.loads(capsys.readouterr().out)["run"]["num_images"] == 3
     assert not out.exists()
 
 
@@ -205,7 +207,7 @@ def test_dry_run_of_invert_counts_the_images(
         (["sample", "--checkpoint", "{run}", "--steps", "1001"], "more than the model's 1000 timesteps"),
         (
             ["sample", "--checkpoint", "{run}", "--clip", "0"],
-            "--clip: must be 'none', 'dynamic' or a finite number > 0",
+            "--clip: must be 'none', 'dynamic', 'checkpoint' or a finite number > 0",
         ),
         (["sample", "--checkpoint", "{run}", "--seed", "-1"], "--seed: must be an integer in [0, 2**64)"),
         (["sample", "--checkpoint", "{tmp}/missing"], "missing does not exist"),

@@ -8,6 +8,7 @@ from oracles import GaussianOracle
 from PIL import Image
 
 from ddim import SAMPLERS, NoiseSchedule
+from ddim.errors import BadValue
 from ddim.evaluation.sampler_bench import bench_samplers, steps_for_calls, write_report
 from ddim.samplers import model_calls
 
@@ -41,3 +42,49 @@ def test_bench_rows_and_report(tmp_path):
     assert "| ddim | trailing |" in md.read_text() and "| heun | trailing |" in md.read_text()
     assert len(list(csv.DictReader(csv_file.open()))) == 6
     assert Image.open(png).size[0] > 300
+
+
+def test_each_cell_warms_up_before_its_timer_starts(monkeypatch):
+    """An untimed run of one image per cell, before the clock starts, so that no cell's time
+    holds the start-up costs. Model calls are counted (their batch sizes), never timed."""
+    import ddim.evaluation.sampler_bench as bench
+
+    sched = NoiseSchedule.linear(100)
+    oracle = GaussianOracle(sched, torch.tensor(0.0), torch.tensor(0.5))
+    batches, at_clock = [], []
+
+    def model(x, t):
+        batches.append(len(x))
+        return oracle(x, t)
+
+    def clock():
+        at_clock.append(len(batches))
+        return 0.0
+
+    monkeypatch.setattr(bench.time, "perf_counter", clock)
+    monkeypatch.setattr(bench, "evaluate", lambda *args, **kwargs: dict.fromkeys(bench.COLUMNS[7:], 0.0))
+    bench_samplers(model, sched, (1, 4, 4), "digits", samplers=("ddim", "dpmpp_2m"), calls=(3,), n=6,
+                   batch_size=4, progress=False)  # fmt: skip
+    calls = model_calls("ddim", 3)
+    assert calls == model_calls("dpmpp_2m", 3) == 3
+    # per cell: the warm-up's calls on one image, then the timed ones on batches of 4 and 2
+    assert batches == ([1] * calls + [4] * calls + [2] * calls) * 2
+    # each timer starts after its cell's warm-up and stops after its timed calls
+    assert at_clock == [calls, 3 * calls, 4 * calls, 6 * calls]
+
+
+def test_a_cell_the_sampler_layer_refuses_is_left_out_with_its_reason(monkeypatch):
+    import ddim.evaluation.sampler_bench as bench
+
+    def generate(model, schedule, shape, n, *, sampler, steps, **options):
+        if sampler == "heun" and steps < 3:
+            raise BadValue(f"heun on {steps} steps returns mostly noise; use steps >= 3")
+        return torch.zeros(n, *shape)
+
+    monkeypatch.setattr(bench, "generate", generate)
+    monkeypatch.setattr(bench, "evaluate", lambda *args, **kwargs: dict.fromkeys(bench.COLUMNS[7:], 0.0))
+    sched = NoiseSchedule.linear(100)
+    with pytest.warns(UserWarning, match=r"heun @karras at 3 model calls left out: heun on 2 steps .* >= 3"):
+        rows = bench_samplers(None, sched, (1, 4, 4), "digits", samplers=("heun",), calls=(3, 5), n=2,
+                              progress=False)  # fmt: skip
+    assert [(r["sampler"], r["steps"]) for r in rows] == [("heun", 3)]

@@ -1,6 +1,8 @@
 """ddim: denoising diffusion models. DDPM training; DDIM and higher-order sampling, inversion,
 interpolation; metrics."""
 
+from importlib.metadata import PackageNotFoundError, version
+
 from ddim.device import resolve_device  # first import: it sets OMP_WAIT_POLICY before torch
 from ddim.editing import edit, inpaint
 from ddim.generation import generate, sample_seeded
@@ -14,6 +16,11 @@ from ddim.sampling import Trajectory, invert, sample
 from ddim.schedule import NoiseSchedule
 from ddim.timesteps import SPACINGS, make_timesteps
 from ddim.tuning import tune_timesteps
+
+try:
+    __version__ = version("ddim")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "EXACT_INVERTIBLE",

@@ -1,5 +1,6 @@
-"""Argument parsing the subcommands share: argument types, the options every command takes, the
-options of the commands that run a model, and JSON output for --dry-run. Making images is the
+"""Argument parsing the subcommands share: argument types, the options every command takes
+(--config, --dry-run, --quiet), the options of the commands that run a model, and --dry-run's
+JSON, which --config reads back (`ddim.cli.config_file`). Making images is the
 pipeline's job (`ddim.load`, `ddim.generation`); the commands only map flags onto it."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from ddim.cli.config_file import ConfigAction, flag_values
 from ddim.device import resolve_device
 from ddim.distributed import init_from_env
 from ddim.pipeline import Pipeline, describe, load
@@ -71,24 +73,48 @@ def int_tuple(text: str) -> tuple[int, ...]:
 
 
 def clip_value(text: str) -> Clip:
-    """ "none" -> None, "dynamic" -> "dynamic", a number c > 0 -> clamp x0 to [-c, c]."""
-    if text in ("none", "dynamic"):
-        return None if text == "none" else text
-    return _number(float, text, lambda v: v > 0, "'none', 'dynamic' or a finite number > 0")
+    """ "none" -> None, "dynamic" -> "dynamic", "checkpoint" -> the checkpoint's data range (the
+    default), a number c > 0 -> clamp x0 to [-c, c]."""
+    if text in ("none", "dynamic", "checkpoint"):
+        return {"none": None, "dynamic": "dynamic", "checkpoint": CHECKPOINT_CLIP}[text]
+    return _number(float, text, lambda v: v > 0, "'none', 'dynamic', 'checkpoint' or a finite number > 0")
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """--config, --dry-run and --quiet, which every subcommand takes."""
+    parser.add_argument(
+        "--config",
+        action=ConfigAction,
+        metavar="FILE",
+        help="a .toml or .json file of flag values (keys: the flags' long names, e.g. batch_size = 64), "
+        "taken as defaults that the flags given here override; --dry-run prints one",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved configuration as JSON (a file that --config reads back) and exit without "
+        "work",
+    )
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bars and no info lines; errors still print"
+    )
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
-    """--device and --dry-run, which every subcommand takes."""
+    """--device, --config, --dry-run and --quiet, which every subcommand but train takes (train's
+    --device is in its training group)."""
     parser.add_argument(
         "--device",
         default="auto",
         help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N (default auto)",
     )
-    parser.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="print the resolved configuration as JSON and exit without work",
-    )
+    add_config_options(parser)
+
+
+def say(args: argparse.Namespace, *text: object) -> None:
+    """An info line (what was written, how long it took), left out under --quiet."""
+    if not args.quiet:
+        print(*text)
 
 
 def add_checkpoint_options(parser: argparse.ArgumentParser, steps_help: str | None = None) -> None:
@@ -129,22 +155,26 @@ def add_clip_option(
         "--clip",
         type=clip_value,
         default=CHECKPOINT_CLIP,
-        metavar="none|C|dynamic",
-        help="clamp each step's x0 estimate to [-C, C], threshold it dynamically, or leave it (default: "
-        f"{default_help}; 1 for ddim checkpoints, whose images lie in [-1, 1])",
+        metavar="none|C|dynamic|checkpoint",
+        help="clamp each step's x0 estimate to [-C, C], threshold it dynamically, or leave it (default "
+        f"checkpoint: {default_help}; 1 for ddim checkpoints, whose images lie in [-1, 1])",
     )
 
 
-def print_json(config: dict[str, Any]) -> None:
+def print_dry_run(args: argparse.Namespace, run: Any, **flags: Any) -> None:
+    """--dry-run's JSON: the command's flags (with `flags` in place of their parsed values), then
+    `run`, what they resolve to, which --config skips when it reads the file back."""
+    config = {**flag_values(args), **flags, "run": run}
+    if "clip" in config and config["clip"] is None:  # null would read back as the default
+        config["clip"] = "none"
     print(json.dumps(config, indent=2, default=str))
 
 
 def dry_run(args: argparse.Namespace, **extra: Any) -> bool:
-    """With --dry-run, print the command's options and what --checkpoint holds (read from its
-    config files, no weights loaded) as JSON; whether it did."""
+    """With --dry-run, print the command's options and, as `run`, what --checkpoint holds (read
+    from its config files, no weights loaded) and `extra`; whether it did."""
     if args.dry_run:
-        options = {k: v for k, v in vars(args).items() if k not in ("run", "dry_run")}
-        print_json({**options, **extra, **describe(args.checkpoint)})
+        print_dry_run(args, {**describe(args.checkpoint), **extra})
     return args.dry_run
 
 

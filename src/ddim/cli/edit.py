@@ -15,6 +15,7 @@ from ddim.cli._common import (
     dry_run,
     non_negative_float,
     open_pipeline,
+    say,
     seed,
 )
 from ddim.cli.outputs import check_file
@@ -78,15 +79,15 @@ def _run(args: argparse.Namespace, method: str, **options) -> None:
     if dry_run(args):
         return
     pipe = open_pipeline(args)
-    common = dict(
-        steps=args.steps, seed=args.seed, clip=args.clip, batch_size=args.batch_size, output="tensor"
+    common = dict(steps=args.steps, seed=args.seed, clip=args.clip, batch_size=args.batch_size)
+    results = getattr(pipe, method)(
+        args.images, **options, **common, output="tensor", progress=not args.quiet
     )
-    results = getattr(pipe, method)(args.images, **options, **common)
     if args.npz:
         np.savez(args.npz, images=to_uint8(results))
-        print(f"wrote {args.npz}")
+        say(args, f"wrote {args.npz}")
     x = read_images(args.images, pipe.image_shape)[0]
-    print(f"wrote {save_grid(torch.cat([x, results]), args.out, nrow=len(x))} ({len(x)} images)")
+    say(args, f"wrote {save_grid(torch.cat([x, results]), args.out, nrow=len(x))} ({len(x)} images)")
 
 
 def run_edit(args: argparse.Namespace) -> None:

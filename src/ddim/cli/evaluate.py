@@ -8,7 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from ddim.cli._common import add_run_options, int_tuple, positive_int, print_json
+from ddim.cli._common import add_run_options, int_tuple, positive_int, print_dry_run, say
 from ddim.device import resolve_device
 from ddim.errors import BadValue, MissingFile, from_os_error
 from ddim.evaluation import InceptionFeatures, evaluate
@@ -63,7 +63,11 @@ def _add_metric_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--split", default="train", help="the reference split (default train)")
     p.add_argument("--root", metavar="DIR", help="where a torchvision reference lives (default ./data)")
-    p.add_argument("--cache-dir", default=str(DEFAULT_CACHE), help="where reference statistics are cached")
+    p.add_argument(
+        "--cache-dir",
+        default=str(DEFAULT_CACHE),
+        help=f"where reference statistics are cached; '' caches nothing (default {DEFAULT_CACHE})",
+    )
 
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
@@ -128,7 +132,7 @@ def _metric_kwargs(args: argparse.Namespace) -> dict:
 
 def run_eval(args: argparse.Namespace) -> None:
     if args.dry_run:
-        print_json(vars(args) | {"run": None})
+        print_dry_run(args, None)
         return
     if not Path(args.samples).exists():
         raise MissingFile(f"{args.samples} does not exist; write samples with `ddim sample --npz`")
@@ -147,7 +151,7 @@ def run_eval(args: argparse.Namespace) -> None:
     for name in METRICS:
         print(f"| {name} | {scores[name]:.4f} | {scores[name + '_floor']:.4f} |")
     if args.json:
-        print(f"wrote {args.json}")
+        say(args, f"wrote {args.json}")
 
 
 def _write_json(path: Path, scores: dict) -> None:
@@ -165,7 +169,7 @@ def _write_json(path: Path, scores: dict) -> None:
 
 def run_bench(args: argparse.Namespace) -> None:
     if args.dry_run:
-        print_json(vars(args) | {"run": None})
+        print_dry_run(args, None)
         return
     pipe = load(args.checkpoint, device=resolve_device(args.device))  # a ddim run or a diffusers folder
     kwargs = _metric_kwargs(args)
@@ -183,8 +187,9 @@ def run_bench(args: argparse.Namespace) -> None:
         seed=args.seed,
         batch_size=args.batch_size,
         device=pipe.device,
+        progress=not args.quiet,
         **kwargs,
     )
     files = write_report(rows, args.out)
-    print(files[0].read_text())
-    print("written: " + ", ".join(str(f) for f in files))
+    say(args, files[0].read_text())
+    say(args, "written: " + ", ".join(str(f) for f in files))

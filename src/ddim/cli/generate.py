@@ -19,6 +19,7 @@ from ddim.cli._common import (
     non_negative_int,
     open_pipeline,
     positive_int,
+    say,
     seed,
 )
 from ddim.cli.outputs import NpzWriter, check_file, check_folder, write_pngs
@@ -154,11 +155,11 @@ def _save(images: torch.Tensor, args: argparse.Namespace) -> None:
     """Data first (--npz), then the pictures (--out-dir, --out)."""
     if args.npz:
         np.savez(args.npz, images=to_uint8(images))
-        print(f"wrote {args.npz}")
+        say(args, f"wrote {args.npz}")
     if args.out_dir:
         write_pngs(to_uint8(images), args.out_dir, args.seed, 0)
-        print(f"wrote {len(images)} PNGs to {args.out_dir}")
-    print(f"wrote {save_grid(images[:GRID_MAX], args.out)} ({len(images)} images)")
+        say(args, f"wrote {len(images)} PNGs to {args.out_dir}")
+    say(args, f"wrote {save_grid(images[:GRID_MAX], args.out)} ({len(images)} images)")
 
 
 def _stream(pipe: Pipeline, args: argparse.Namespace, options: dict) -> torch.Tensor:
@@ -167,7 +168,7 @@ def _stream(pipe: Pipeline, args: argparse.Namespace, options: dict) -> torch.Te
     shape = (args.n, *pipe.image_shape[1:], pipe.image_shape[0])
     if is_distributed():
         first, stop = split_range(args.n)
-        part = pipe.sample(stop - first, start=first, output="tensor", progress=is_main_process(), **options)
+        part = pipe.sample(stop - first, start=first, output="tensor", **options)
         images = gather_on_main(part)
         if is_main_process():
             if args.npz:
@@ -222,6 +223,7 @@ def run_sample(args: argparse.Namespace) -> None:
             seed=args.seed,
             batch_size=args.batch_size,
             output="tensor",
+            progress=not args.quiet,
         )
         _save(images, args)
         return
@@ -235,18 +237,19 @@ def run_sample(args: argparse.Namespace) -> None:
         label=args.label,
         guidance=args.guidance,
     )
-    grid = _stream(pipe, args, dict(options, batch_size=args.batch_size))
+    progress = not args.quiet and is_main_process()
+    grid = _stream(pipe, args, dict(options, batch_size=args.batch_size, progress=progress))
     if not is_main_process():
         return
     if args.npz:
-        print(f"wrote {args.npz} ({args.n} images)")
+        say(args, f"wrote {args.npz} ({args.n} images)")
     if args.out_dir:
-        print(f"wrote {args.n} PNGs to {args.out_dir}")
+        say(args, f"wrote {args.n} PNGs to {args.out_dir}")
     steps = pipe.trajectory(min(args.n, TRAJECTORY_SAMPLES), **options) if args.trajectory else None
     shown = "" if args.n <= GRID_MAX else f", the first {GRID_MAX} shown"
-    print(f"wrote {save_grid(grid, args.out)} ({args.n} images{shown}, {options['sampler']})")
+    say(args, f"wrote {save_grid(grid, args.out)} ({args.n} images{shown}, {options['sampler']})")
     if steps is not None:
-        print(f"wrote {save_trajectory_strip(steps.xs, steps.x0s, args.trajectory)}")
+        say(args, f"wrote {save_trajectory_strip(steps.xs, steps.x0s, args.trajectory)}")
 
 
 def run_invert(args: argparse.Namespace) -> None:
@@ -265,17 +268,19 @@ def run_invert(args: argparse.Namespace) -> None:
         spacing=args.spacing,
         refine=args.refine,
         batch_size=args.batch_size,
+        progress=not args.quiet,
     )
     latents.save(args.out)
     x = read_images(args.images, pipe.image_shape)[0]
     recon = pipe.decode(latents, batch_size=args.batch_size, output="tensor", progress=False)
     error = (recon - x).pow(2).mean()
-    print(
+    say(
+        args,
         f"wrote {args.out} ({len(x)} latents {tuple(latents.z.shape[1:])}, {latents.sampler}, "
-        f"{latents.steps} steps); reconstruction MSE {error:.3g}"
+        f"{latents.steps} steps); reconstruction MSE {error:.3g}",
     )
     if args.reconstruction:
-        print(f"wrote {save_grid(torch.cat([x, recon]), args.reconstruction, nrow=len(x))}")
+        say(args, f"wrote {save_grid(torch.cat([x, recon]), args.reconstruction, nrow=len(x))}")
 
 
 def run_interpolate(args: argparse.Namespace) -> None:
@@ -307,5 +312,5 @@ def run_interpolate(args: argparse.Namespace) -> None:
     images = pipe.interpolate(a, b, **common)
     if args.npz:
         np.savez(args.npz, images=to_uint8(images))
-        print(f"wrote {args.npz}")
-    print(f"wrote {save_grid(images, args.out, nrow=args.n)} ({what})")
+        say(args, f"wrote {args.npz}")
+    say(args, f"wrote {save_grid(images, args.out, nrow=args.n)} ({what})")

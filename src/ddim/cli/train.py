@@ -16,13 +16,15 @@ from torch.utils.data import Dataset
 
 from ddim.cli._common import (
     TRAJECTORY_SAMPLES,
+    add_config_options,
     add_run_options,
     int_tuple,
     non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
-    print_json,
+    print_dry_run,
+    say,
     seed,
     unit_float,
 )
@@ -69,21 +71,36 @@ def _flag(group: argparse._ArgumentGroup, name: str, text: str, config: Any = No
     group.add_argument(name, help=text, default=None, **kwargs)
 
 
+class _Resume(argparse._StoreTrueAction):
+    """--resume: the run's data is the one its checkpoint names, so --data is no longer required."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        super().__call__(parser, namespace, values, option_string)
+        for action in parser._actions:
+            if action.dest == "data":
+                action.required = False
+
+
 def add_parsers(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "train",
         help="train a diffusion model",
-        description="Train a UNet on a dataset, writing checkpoints (weights and config) to RUN_DIR.",
+        description="Train a UNet on a dataset, writing checkpoints (weights and config) to RUN_DIR. "
+        "Example: ddim train --data digits --out runs/mine --steps 3000. --dry-run prints every flag's "
+        "resolved value (and the RunConfig as `run`) as JSON: save it, edit it, and train with "
+        "--config FILE.json.",
     )
     p.add_argument(
         "--data",
-        metavar="digits|PATH|NAME",
-        help="'digits', a folder of images or of MNIST-style IDX files, or a torchvision name",
+        required=True,
+        metavar="DATA",
+        help="'digits', a folder of images or of MNIST-style IDX files, or a torchvision name such as "
+        "mnist (required unless --resume, which reads it from the checkpoint)",
     )
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="folder for checkpoints and samples")
     p.add_argument(
         "--resume",
-        action="store_true",
+        action=_Resume,
         help="continue RUN_DIR's newest checkpoint with its saved config; only training flags "
         "may change, and --steps may raise the total",
     )
@@ -139,7 +156,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "torch.compile the UNet (off by default; docs/performance.md says when it pays)",
         action="store_true",
     )
-    p.add_argument("--dry-run", action="store_true", help="print the resolved configuration as JSON and exit")
+    add_config_options(p)
     p.set_defaults(run=run_train)
 
     p = commands.add_parser(
@@ -173,8 +190,6 @@ def _data(text: str) -> str:
 
 def _new_run(args: argparse.Namespace) -> tuple[RunConfig, Dataset]:
     """A fresh RunConfig from the flags, with the data's size and channels filled in from the dataset."""
-    if args.data is None:
-        raise BadValue("--data is required (digits, a folder, or a dataset name) unless --resume is given")
     found = list_checkpoints(Path(args.out) / CHECKPOINTS)
     if found:
         raise BadValue(
@@ -235,14 +250,26 @@ def _resumed_run(args: argparse.Namespace) -> RunConfig:
     return dataclasses.replace(run, train=dataclasses.replace(run.train, **_given(args, "train")))
 
 
+def resolved_flags(run: RunConfig) -> dict[str, Any]:
+    """Each flag that sets a field of `run`, at its value there: read back by --config, they
+    give `run` again whatever the dataclasses' defaults are by then."""
+    flags = {name: getattr(getattr(run, section), name) for section in SECTIONS for name in SECTIONS[section]}
+    if not isinstance(run.data.size, int):  # height != width: only the dataset can say it
+        flags["size"] = None
+    return {**flags, "data": run.data.dataset, "conditional": run.model.num_classes is not None}
+
+
 def run_train(args: argparse.Namespace) -> None:
     run, dataset = (_resumed_run(args), None) if args.resume else _new_run(args)
     resolve_device(run.train.device)  # fail now on a device that is not there
     if args.dry_run:
-        print_json({"out": args.out, "resume": args.resume, "run": run.to_dict()})
+        print_dry_run(args, run.to_dict(), **resolved_flags(run))
         return
-    checkpoint = train(run, args.out, resume=args.resume, dataset=dataset, compile=args.compile)
-    print(f"trained to step {run.train.steps}; newest checkpoint: {checkpoint}")
+    progress = not args.quiet
+    checkpoint = train(
+        run, args.out, resume=args.resume, dataset=dataset, compile=args.compile, progress=progress
+    )
+    say(args, f"trained to step {run.train.steps}; newest checkpoint: {checkpoint}")
 
 
 def demo_config(train_steps: int, device: str) -> RunConfig:
@@ -259,20 +286,23 @@ def run_demo(args: argparse.Namespace) -> None:
     if args.steps > run.diffusion.timesteps:
         raise BadValue(f"--steps {args.steps} is more than the model's {run.diffusion.timesteps} timesteps")
     if args.dry_run:
-        print_json({"out": args.out, "sampling_steps": args.steps, "run": run.to_dict()})
+        print_dry_run(args, run.to_dict())
         return
     check_writable(out)  # before the work: the images go here
     if (out / "run").exists():  # an earlier demo's run: deleted only if ddim wrote all of it
         remove_run(out / "run")
-        print(f"replacing the earlier demo run in {out / 'run'}")
+        say(args, f"replacing the earlier demo run in {out / 'run'}")
     start = time.perf_counter()
-    pipe = load(train(run, out / "run"), device=device)
-    grid = save_grid(pipe.sample(DEMO_SAMPLES, steps=args.steps, output="tensor"), out / "samples.png")
+    progress = not args.quiet
+    pipe = load(train(run, out / "run", progress=progress), device=device)
+    images = pipe.sample(DEMO_SAMPLES, steps=args.steps, output="tensor", progress=progress)
+    grid = save_grid(images, out / "samples.png")
     steps = pipe.trajectory(TRAJECTORY_SAMPLES, steps=args.steps)
     strip = save_trajectory_strip(steps.xs.cpu(), steps.x0s.cpu(), out / "trajectory.png")
-    print(
+    say(
+        args,
         f"trained {args.train_steps} steps and sampled {DEMO_SAMPLES} digits ({args.steps} DDIM steps) "
-        f"on {device} in {time.perf_counter() - start:.0f} s"
+        f"on {device} in {time.perf_counter() - start:.0f} s",
     )
-    print(f"samples:    {grid}")
-    print(f"trajectory: {strip}")
+    say(args, f"samples:    {grid}")
+    say(args, f"trajectory: {strip}")

@@ -16,7 +16,8 @@ from ddim.cli._common import (
     add_run_options,
     non_negative_int,
     positive_int,
-    print_json,
+    print_dry_run,
+    say,
 )
 from ddim.device import resolve_device
 from ddim.distributed import init_from_env
@@ -99,8 +100,7 @@ def run_tune(args: argparse.Namespace) -> None:
         )
     target = run_folder(folder)
     if args.dry_run:
-        print_json(vars(args) | {"run": None, "checkpoint_folder": folder, "steps": steps,
-                                 "writes": target / TUNED_FILE})  # fmt: skip
+        print_dry_run(args, {"checkpoint_folder": folder, "steps": steps, "writes": target / TUNED_FILE})
         return
     ckpt = load(folder, device=init_from_env(resolve_device(args.device)), use_ema=not args.no_ema)
     args.clip = ckpt.clip if args.clip is CHECKPOINT_CLIP else args.clip
@@ -111,6 +111,7 @@ def run_tune(args: argparse.Namespace) -> None:
             ckpt.prediction, method=args.method, clip=args.clip, self_condition=ckpt.self_condition,
             reference_steps=args.reference_steps, max_evals=args.max_evals, device=device, info=info,
             distance=digits_fd_distance(device) if args.distance == "digits-fd" else None,
+            progress=not args.quiet,
         )  # fmt: skip
     entry = {
         "timesteps": grid,
@@ -129,9 +130,11 @@ def run_tune(args: argparse.Namespace) -> None:
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     file = store_tuned(target, args.sampler, args.calls, entry)
-    print(
-        f"{args.sampler} at {args.calls} calls: timesteps {grid} ({info['seconds']:.0f} s); stored in {file}"
+    say(
+        args,
+        f"{args.sampler} at {args.calls} calls: timesteps {grid} ({info['seconds']:.0f} s); stored in {file}",
     )
-    print(
-        f"use it: ddim sample --checkpoint {target} --sampler {args.sampler} --steps {steps} --spacing tuned"
+    say(
+        args,
+        f"use it: ddim sample --checkpoint {target} --sampler {args.sampler} --steps {steps} --spacing tuned",
     )

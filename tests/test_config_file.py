@@ -1,0 +1,118 @@
+"""`--config FILE` (ddim.cli.config_file): what `--dry-run` prints reads back as the identical
+resolved configuration (train and sample), TOML and JSON give the same, flags given override the
+file, the file may give required flags (--data, --checkpoint) and switches (--resume), and every
+bad file ends with exit 2 and one line naming the file and the key. In-process through
+`ddim.cli.main`; the defaults are never spelled out here (the dataclasses own them)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import QUIET_TRAIN, TINY_TRAIN
+
+from ddim.cli import main
+from ddim.config import TrainConfig
+
+
+def run(*argv: object) -> int:
+    try:
+        return main([str(a) for a in argv])
+    except SystemExit as e:
+        return e.code
+
+
+def dry_run(capsys, *argv: object) -> str:
+    capsys.readouterr()
+    assert run(*argv, "--dry-run") == 0, capsys.readouterr().err
+    return capsys.readouterr().out
+
+
+def test_train_dry_run_reads_back_as_the_same_run(tmp_path, capsys):
+    argv = ["train", "--data", "digits", "--out", tmp_path / "r", *TINY_TRAIN, *QUIET_TRAIN, "--steps", 7]
+    printed = dry_run(capsys, *argv, "--lr", "0.003", "--flip")
+    (tmp_path / "run.json").write_text(printed)
+    assert dry_run(capsys, "train", "--config", tmp_path / "run.json") == printed
+    config = json.loads(printed)
+    # every flag at its resolved value (defaults included), the RunConfig under "run"
+    assert config["batch_size"] == 8 and config["flip"] is True and config["lr"] == 0.003
+    assert config["ema_decay"] == config["run"]["train"]["ema_decay"] == TrainConfig().ema_decay
+    assert config["channel_mult"] == [1, 2] == config["run"]["model"]["channel_mult"]
+
+
+def test_flags_given_override_the_file(tmp_path, capsys):
+    (tmp_path / "run.toml").write_text(f'data = "digits"\nout = "{tmp_path / "r"}"\nsteps = 7\nlr = 0.003\n')
+    config = json.loads(dry_run(capsys, "train", "--config", tmp_path / "run.toml", "--steps", 9))
+    assert (config["steps"], config["lr"]) == (9, 0.003)  # the flag over the file, the file over the default
+
+
+def test_toml_and_json_with_either_spelling_give_the_same(tmp_path, capsys):
+    out = tmp_path / "r"
+    (tmp_path / "a.toml").write_text(f'data = "digits"\nout = "{out}"\nchannel-mult = [1, 2]\nsize = 8\n')
+    (tmp_path / "b.json").write_text(json.dumps({"data": "digits", "out": str(out), "channel_mult": "1,2",
+                                                 "size": "8"}))  # fmt: skip
+    flags = dry_run(capsys, "train", "--data", "digits", "--out", out, "--channel-mult", "1,2", "--size", 8)
+    assert dry_run(capsys, "train", "--config", tmp_path / "a.toml") == flags
+    assert dry_run(capsys, "train", "--config", tmp_path / "b.json") == flags
+
+
+def test_sample_dry_run_reads_back_as_the_same_options(trained_run, tmp_path, capsys):
+    argv = ["sample", "--checkpoint", trained_run, "--n", 5, "--steps", 4, "--eta", 0.5, "--class", 0]
+    printed = dry_run(capsys, *argv, "--seed", 3, "--clip", "none")
+    (tmp_path / "sample.json").write_text(printed)
+    assert dry_run(capsys, "sample", "--config", tmp_path / "sample.json") == printed
+    config = json.loads(printed)
+    assert (config["n"], config["seed"], config["label"], config["clip"]) == (5, 3, 0, "none")
+    # the default clip, printed as "checkpoint", reads back too
+    printed = dry_run(capsys, "sample", "--checkpoint", trained_run)
+    (tmp_path / "default.json").write_text(printed)
+    assert json.loads(printed)["clip"] == "checkpoint"
+    assert dry_run(capsys, "sample", "--config", tmp_path / "default.json") == printed
+
+
+def test_a_resume_from_a_file_needs_no_data(trained_run, tmp_path, capsys):
+    (tmp_path / "resume.json").write_text(json.dumps({"out": str(trained_run), "resume": True, "steps": 5}))
+    config = json.loads(dry_run(capsys, "train", "--config", tmp_path / "resume.json"))
+    assert config["resume"] is True and config["run"]["train"]["steps"] == 5
+    assert config["data"] == "digits"  # from the checkpoint
+
+
+def test_other_commands_read_a_file_too(trained_run, tmp_path, capsys):
+    (tmp_path / "interp.toml").write_text(f'checkpoint = "{trained_run}"\nseeds = [4, 5]\nn = 3\n')
+    config = json.loads(dry_run(capsys, "interpolate", "--config", tmp_path / "interp.toml"))
+    assert (config["seeds"], config["n"]) == ([4, 5], 3)
+
+
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        (
+            "a.toml",
+            'data = "digits"\nstepz = 3\n',
+            "unknown key 'stepz' for ddim train; did you mean 'steps'?",
+        ),
+        ("a.toml", 'data = "digits"\nsteps = 0\n', "key 'steps' (--steps): must be a positive integer"),
+        ("a.toml", 'data = "digits"\nsteps = 1.5\n', "key 'steps' (--steps): expected a positive integer"),
+        ("a.toml", 'data = "digits"\nflip = "yes"\n', "key 'flip' (--flip): expected true or false"),
+        ("a.toml", 'data = "digits"\nprediction = "z"\n', "key 'prediction' (--prediction): expected one of"),
+        ("a.toml", "data = { name = 1 }\n", "key 'data' (--data): expected a number or a string"),
+        ("a.toml", "data = [digits\n", "is not valid TOML"),
+        ("a.json", '{"data": "digits",}', "is not valid JSON"),
+        ("a.json", "[1, 2]", "expected a table of flag names and values, got list"),
+        ("a.json", '{"command": "sample"}', "is a configuration of `ddim sample`, not of `ddim train`"),
+        ("a.yaml", "data: digits\n", "expected a .toml or .json file"),
+        ("a.toml", "\udcff", "is not UTF-8 text"),
+    ],
+)
+def test_a_bad_file_is_one_line_naming_it_and_the_key(tmp_path, capsys, name, text, message):
+    path = tmp_path / name
+    path.write_bytes(text.encode("utf-8", "surrogateescape"))
+    assert run("train", "--out", tmp_path / "r", "--config", path, "--dry-run") == 2
+    err = capsys.readouterr().err
+    assert f"--config {path}" in err and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_missing_file_is_one_line(tmp_path, capsys):
+    assert run("sample", "--config", tmp_path / "none.toml", "--dry-run") == 2
+    err = capsys.readouterr().err
+    assert f"--config {tmp_path / 'none.toml'} does not exist" in err and len(err.strip().splitlines()) == 1
