@@ -1,12 +1,13 @@
 """A short training run (the demo's UNet and batch: 16x16x1, batch 64, v-prediction) quiet and
 beside one busy process (`yes > /dev/null`, one core kept busy), under several thread choices:
-torch's default (one thread per core, OpenMP's default wait policy), the same with
-OMP_WAIT_POLICY=PASSIVE, one thread, and what the CLI does (ddim imported before torch, which
-sets OMP_WAIT_POLICY=PASSIVE, then `ddim.device.choose_threads()`).
+torch's default (one thread per core, OpenMP's default spinning wait), the same with
+OMP_WAIT_POLICY=PASSIVE (sleeping waits), one thread, and what the CLI does
+(`ddim.device.choose_threads()` once, then `adjust_threads()` after each step, which follows the
+CPUs other processes leave, looked at every 2 s).
 Each case is a fresh process (the wait policy must be set before torch starts). The load average
 is printed beside each time: other users of the machine make "quiet" only relatively quiet.
 
-Run: python benchmarks/busy_machine.py --steps 15 --repeats 2
+Run: python benchmarks/busy_machine.py --steps 40 --repeats 2
 """
 
 from __future__ import annotations
@@ -22,15 +23,15 @@ CASES = {
     "torch default": {},
     "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
     "1 thread": {"OMP_NUM_THREADS": "1"},
-    "ddim (import ddim first, choose_threads)": {"DDIM_BENCH_CHOOSE": "1"},
+    "ddim (choose_threads, adjust_threads)": {"DDIM_BENCH_CHOOSE": "1"},
 }
 
 
 def worker(steps: int) -> None:
     """Time `steps` training steps (after 2 warm-up steps); print threads and seconds."""
-    if os.environ.get("DDIM_BENCH_CHOOSE"):
-        from ddim.device import choose_threads
+    from ddim.device import adjust_threads, choose_threads
 
+    if os.environ.get("DDIM_BENCH_CHOOSE"):
         choose_threads()
     import torch
 
@@ -49,6 +50,7 @@ def worker(steps: int) -> None:
         opt.zero_grad(set_to_none=True)
         loss.mean().backward()
         opt.step()
+        adjust_threads()  # a no-op unless choose_threads() chose the count
 
     for _ in range(2):
         step()

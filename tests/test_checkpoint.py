@@ -10,9 +10,10 @@ from safetensors.torch import load_file
 from test_training import tiny_run
 
 from ddim import sample
+from ddim.config import DiffusionConfig
 from ddim.data import load_dataset
 from ddim.training import CheckpointError, load_checkpoint, train
-from ddim.training.checkpoint import DamagedCheckpoint, read_state
+from ddim.training.checkpoint import DamagedCheckpoint, read_config, read_state
 
 EXECUTED = []
 
@@ -54,7 +55,7 @@ def test_load_checkpoint_from_a_run_or_one_checkpoint(run_dir, RUN):
     loaded = load_checkpoint(run_dir)
     assert loaded.step == 2 and loaded.path == run_dir / "checkpoints" / "step-000002"
     assert (loaded.config.train.steps, loaded.config.train.checkpoint_every) == (2, 1)
-    assert loaded.prediction == "eps"
+    assert loaded.prediction == DiffusionConfig().prediction == "v"  # the default
     assert loaded.self_condition is False and loaded.num_classes is None
     assert not loaded.model.training and not any(p.requires_grad for p in loaded.model.parameters())
     torch.testing.assert_close(loaded.schedule.alphas_cumprod, RUN.diffusion.make_schedule().alphas_cumprod)
@@ -139,8 +140,8 @@ def test_refuses_what_is_not_a_ddim_checkpoint(tmp_path, checkpoint):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="not a ddim checkpoint"):
         load_checkpoint(tmp_path / "empty")
-    _edit_config(checkpoint, lambda c: c.update(version=2))
-    with pytest.raises(CheckpointError, match="version 2, but this ddim reads versions 1 to 1"):
+    _edit_config(checkpoint, lambda c: c.update(version=3))
+    with pytest.raises(CheckpointError, match="version 3, but this ddim reads versions 1 to 2"):
         load_checkpoint(checkpoint)
     _edit_config(checkpoint, lambda c: c.update(format="diffusers"))
     with pytest.raises(CheckpointError, match="not a ddim checkpoint config"):
@@ -169,9 +170,23 @@ def test_resume_falls_back_from_a_checkpoint_without_its_state(tmp_path, run_dir
 
 def test_only_a_format_upgrade_fills_missing_keys(checkpoint, monkeypatch):
     """A config.json of the current version lacking a key is refused; one of an older version
-    gets that key's default, explicitly (simulated by making this ddim read version 2)."""
+    gets that key's default, explicitly (simulated by making this ddim read version 3)."""
     _edit_config(checkpoint, lambda c: c["run"]["diffusion"].pop("prediction"))
     with pytest.raises(CheckpointError, match="lacks the key.*'prediction'"):
         load_checkpoint(checkpoint)
-    monkeypatch.setattr("ddim.training.checkpoint.VERSION", 2)
-    assert load_checkpoint(checkpoint).prediction == "eps"
+    monkeypatch.setattr("ddim.training.checkpoint.VERSION", 3)
+    assert load_checkpoint(checkpoint).prediction == DiffusionConfig().prediction
+
+
+@pytest.mark.parametrize("old, new", [(True, "tf"), (False, "none")])
+def test_a_version_1_config_keeps_its_ema_profile(checkpoint, old, new):
+    """Version 1 stored ema_warmup as a bool (TensorFlow's warm-up or none); read as that profile,
+    not as version 2's default, so that a resumed run averages as it began."""
+
+    def to_version_1(c):
+        c.update(version=1)
+        c["run"]["train"]["ema_warmup"] = old
+
+    _edit_config(checkpoint, to_version_1)
+    run, _ = read_config(checkpoint)
+    assert run.train.ema_warmup == new

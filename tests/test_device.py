@@ -2,14 +2,20 @@
 (v2 and v1 files written to a temporary folder), and the thread choice on a busy machine."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import ddim
-from ddim.device import cgroup_cpu_limit, choose_threads, resolve_device, usable_cpus
+from ddim import device
+from ddim.device import (
+    cgroup_cpu_limit,
+    choose_threads,
+    cpu_busy_seconds,
+    resolve_device,
+    threads_beside,
+    usable_cpus,
+)
 from ddim.errors import BadValue
 
 
@@ -50,27 +56,70 @@ def test_choose_threads_sets_torch(monkeypatch):
     before = torch.get_num_threads()
     try:
         assert choose_threads(1) == 1 and torch.get_num_threads() == 1
+        assert device._governor is None  # a count the caller chose is kept
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
         monkeypatch.delenv("DDIM_THREADS", raising=False)  # conftest sets it for the suite
-        monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
         assert choose_threads() == usable_cpus() == torch.get_num_threads()
+        assert device._governor is not None or usable_cpus() < len(os.sched_getaffinity(0))
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user's choice: torch's count, kept
         torch.set_num_threads(1)
-        monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # spinning threads: never more than chosen before
-        assert choose_threads() == 1
+        assert choose_threads() == 1 and device._governor is None
         monkeypatch.setenv("DDIM_THREADS", "2")
         assert choose_threads() == 2 and torch.get_num_threads() == 2
         monkeypatch.setenv("DDIM_THREADS", "zero")
         with pytest.raises(BadValue, match="DDIM_THREADS"):
             choose_threads()
     finally:
+        device._governor = None
         torch.set_num_threads(before)
 
 
-def test_importing_ddim_sets_a_passive_wait_before_torch_starts():
-    code = "import os, ddim, torch; print(os.environ.get('OMP_WAIT_POLICY'))"
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert run.stdout.split() == ["PASSIVE"]
+def test_threads_beside_a_busy_process():
+    assert threads_beside(2, 0.0) == 2
+    assert threads_beside(2, 0.3) == 2  # a light load: keep both
+    assert threads_beside(2, 0.7) == 1  # `yes` beside two spinning threads gets ~2/3 of a CPU
+    assert threads_beside(2, 1.0) == 1
+    assert threads_beside(2, 5.0) == 1  # never none
+    assert threads_beside(8, 3.0) == 5
+
+
+def test_cpu_busy_seconds_counts_only_our_cpus(tmp_path):
+    tick = os.sysconf("SC_CLK_TCK")
+    stat = tmp_path / "stat"
+    #                user nice system idle iowait irq softirq steal guest guest_nice
+    stat.write_text(
+        f"cpu  {3 * tick} 0 0 {9 * tick} 0 0 0 0 0 0\n"
+        f"cpu0 {tick} 0 {tick} {5 * tick} {2 * tick} 0 0 0 0 0\n"
+        f"cpu1 {tick} 0 0 {4 * tick} 0 0 0 0 {7 * tick} 0\n"  # guest time is inside user time
+        "intr 12345\n"
+    )
+    assert cpu_busy_seconds({0}, stat) == 2.0
+    assert cpu_busy_seconds({0, 1}, stat) == 3.0
+    assert cpu_busy_seconds({0}, tmp_path / "missing") is None
+
+
+def test_the_governor_follows_other_processes(monkeypatch):
+    """Busy time on our CPUs beyond our own process time is other processes' load: the thread
+    count follows it (a fake clock and /proc/stat: another process busy on 1 CPU of 2, then gone)."""
+    clock, busy, own = [100.0], [50.0], [10.0]
+    monkeypatch.setattr(device.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(device.time, "process_time", lambda: own[0])
+    monkeypatch.setattr(device, "cpu_busy_seconds", lambda cpus, stat=None: busy[0])
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        governor = device._Governor({0, 1}, period=2.0)
+        clock[0], busy[0], own[0] = 101.0, 54.0, 11.0  # within the period: not looked at
+        governor()
+        assert torch.get_num_threads() == 2
+        clock[0], busy[0], own[0] = 102.0, 54.0, 12.0  # 4 CPU-s busy in 2 s, 2 of them ours
+        governor()
+        assert torch.get_num_threads() == 1
+        clock[0], busy[0], own[0] = 104.0, 56.0, 14.0  # the other process ended
+        governor()
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_compile_model_caches_under_the_ddim_cache_dir(monkeypatch, tmp_path):

@@ -18,6 +18,7 @@ from ddim.errors import BadValue
 from ddim.models import UNetConfig
 from ddim.training import ema_decay_at, ema_update, lr_at, train
 from ddim.training.batches import IndexStream
+from ddim.training.ema import POWER_GAMMA, POWER_SIGMA_REL, power_gamma, power_sigma_rel
 
 TINY_MODEL = dict(base_channels=8, channel_mult=(1, 2), groups=4, num_heads=2)
 
@@ -51,10 +52,28 @@ def test_lr_warms_up_linearly_then_stays():
 
 
 def test_ema_decay_warms_up_to_its_maximum():
-    assert ema_decay_at(0, 0.999) == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
-    assert ema_decay_at(90, 0.999) == pytest.approx(91 / 100)
-    assert ema_decay_at(10**6, 0.999) == 0.999
-    assert ema_decay_at(0, 0.999, warmup=False) == 0.999
+    assert ema_decay_at(0, 0.999, "tf") == pytest.approx(0.1)  # (1 + 0) / (10 + 0)
+    assert ema_decay_at(90, 0.999, "tf") == pytest.approx(91 / 100)
+    assert ema_decay_at(10**6, 0.999, "tf") == 0.999
+    assert ema_decay_at(0, 0.999, "none") == 0.999
+    assert ema_decay_at(0, 0.999, "power") == 0  # the first update copies the weights
+    assert ema_decay_at(99, 0.9999, "power") == pytest.approx(0.99 ** (POWER_GAMMA + 1))
+    assert ema_decay_at(10**6, 0.999, "power") == 0.999
+
+
+def test_power_ema_spans_a_fixed_fraction_of_the_run():
+    """EDM2's power-function profile: after T updates the average weighs the weights of step t by
+    ~ t^gamma, a distribution over t/T with standard deviation sigma_rel (EDM2 eq. 123), at any T."""
+    assert power_sigma_rel(power_gamma(0.05)) == pytest.approx(0.05, rel=1e-9)
+    for T in (300, 6000):
+        mean, second = torch.zeros(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+        for step in range(T):
+            u = torch.full((1,), (step + 1) / T, dtype=torch.float64)
+            decay = ema_decay_at(step, 1.0, "power")
+            ema_update([mean, second], [u, u * u], decay)
+        std = (second - mean**2).sqrt().item()
+        assert std == pytest.approx(POWER_SIGMA_REL, rel=0.02 if T == 6000 else 0.06)
+        assert mean.item() == pytest.approx((POWER_GAMMA + 1) / (POWER_GAMMA + 2), rel=0.01)
 
 
 def test_ema_update_matches_the_closed_form():
@@ -105,7 +124,8 @@ def test_run_config_refuses_a_missing_key():
         ({"trian": {}}, "unknown key.*'trian'"),
         ({"train": {"stpes": 1}}, "unknown key.*'stpes' in train"),
         ({"train": {"steps": "100"}}, "train.steps must be of type int"),
-        ({"train": {"ema_warmup": 1}}, "train.ema_warmup must be of type bool"),
+        ({"train": {"ema_warmup": True}}, "train.ema_warmup must be of type str"),
+        ({"train": {"ema_warmup": "exp"}}, "ema_warmup must be one of"),
         ({"train": {"batch_size": 6, "grad_accum": 4}}, "divisible by grad_accum"),
         ({"train": {"weighting": "snr"}}, "weighting must be one of"),
         ({"diffusion": {"prediction": "noise"}}, "prediction must be one of"),

@@ -3,7 +3,7 @@ interpolation; metrics."""
 
 from importlib.metadata import PackageNotFoundError, version
 
-from ddim.device import resolve_device  # first import: it sets OMP_WAIT_POLICY before torch
+from ddim.device import resolve_device
 from ddim.editing import edit, inpaint
 from ddim.generation import generate, sample_seeded
 from ddim.latents import Latents

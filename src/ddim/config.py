@@ -38,7 +38,7 @@ class DiffusionConfig:
 
     schedule: str = "linear"  # one of SCHEDULE_KINDS
     timesteps: int = 1000
-    prediction: str = "eps"  # one of PREDICTIONS
+    prediction: str = "v"  # one of PREDICTIONS (v: Salimans & Ho 2022; docs/defaults.md)
     zero_terminal_snr: bool = False  # Lin et al. 2023: rescale so the last step has SNR 0
 
     def __post_init__(self) -> None:
@@ -58,6 +58,9 @@ class DiffusionConfig:
         return schedule.rescale_zero_terminal_snr() if self.zero_terminal_snr else schedule
 
 
+EMA_WARMUPS = ("power", "tf", "none")  # ddim.training.ema: EDM2's power function, TensorFlow's, none
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """The training loop. `batch_size` is the number of examples per optimizer step; with
@@ -67,16 +70,16 @@ class TrainConfig:
 
     steps: int = 2000
     batch_size: int = 64
-    lr: float = 2e-4
+    lr: float = 1e-3
     warmup_steps: int = 100
     grad_clip: float = 1.0  # max global gradient norm; 0: no clipping
     weight_decay: float = 0.0
-    ema_decay: float = 0.999
-    ema_warmup: bool = True
+    ema_decay: float = 0.9999  # the most the EMA decay reaches (see ema_warmup)
+    ema_warmup: str = "power"  # one of EMA_WARMUPS: the decay's profile over the run (training/ema.py)
     bf16: bool = False
     grad_accum: int = 1
     seed: int = 0
-    weighting: str = "uniform"  # one of WEIGHTINGS
+    weighting: str = "min_snr"  # one of WEIGHTINGS
     min_snr_gamma: float = 5.0
     offset_noise: float = 0.0
     label_dropout: float = 0.1  # class-conditional models: P(label -> null class), for CFG
@@ -117,6 +120,10 @@ class TrainConfig:
         _check(self.min_snr_gamma > 0, f"min_snr_gamma must be > 0, got {self.min_snr_gamma}")
         _check(0 <= self.ema_decay < 1, f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         _check(0 <= self.label_dropout < 1, f"label_dropout must lie in [0, 1), got {self.label_dropout}")
+        _check(
+            self.ema_warmup in EMA_WARMUPS,
+            f"ema_warmup must be one of {EMA_WARMUPS}, got {self.ema_warmup!r}",
+        )
         _check(self.weighting in WEIGHTINGS, f"weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
         _check(
             self.batch_size % self.grad_accum == 0,

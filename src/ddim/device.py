@@ -1,27 +1,23 @@
 """Where the work runs: `resolve_device` (a device name -> torch.device) and `choose_threads`
-(torch's intra-op threads from the CPUs this process may use, so that a busy or shared machine
-costs a run its fair share and no more).
+(torch's intra-op threads from the CPUs this process may use and the load on them, so that a
+busy or shared machine costs a run its fair share and no more).
 
     ddim.device.choose_threads()   # once, at CLI start (ddim.cli.main does it)
+    ddim.device.adjust_threads()   # in the loops: each training step, each sampling batch
 
 Threads: the usable CPUs are the affinity mask (os.sched_getaffinity) capped by the cgroup's CPU
 quota (v2 cpu.max, v1 cpu.cfs_quota_us / cpu.cfs_period_us). A parallel region is only as fast
-as its slowest thread, so a thread that shares its core with a busy process makes the others
-wait; spinning while they wait (OpenMP's default) burns the CPU time the late thread needs, and
-on this 2-core machine beside other busy processes made a training step 10x slower or worse
-(benchmarks/busy_machine.py; docs/performance.md). With waiting threads asleep, one thread per
-usable CPU was faster than one thread even on the busy machine, so the load is not used to
-lower the count. OMP_WAIT_POLICY=PASSIVE
-(threads that wait sleep instead of spinning) only works if set before torch starts OpenMP, so
-this module calls `passive_wait()` when imported, and `ddim/__init__.py` imports it first: it
-sets the policy unless torch was imported before ddim or the user chose a policy.
+as its slowest thread: beside a busy process, one of two threads shares a core, and OpenMP's
+spinning waits burn the time it needs (4.7x slower on 2 cores beside `yes`), while sleeping waits
+(OMP_WAIT_POLICY=PASSIVE) cost 1.7x on a quiet machine (benchmarks/busy_machine.py). So waits
+spin, and `adjust_threads` follows the CPUs other processes leave, measured every 2 s.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import sys
+import time
 from pathlib import Path
 
 from ddim.errors import BadValue
@@ -74,34 +70,81 @@ def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
         return None
 
 
+def _affinity() -> set[int]:
+    try:
+        return os.sched_getaffinity(0)
+    except AttributeError:  # not on Linux
+        return set(range(os.cpu_count() or 1))
+
+
 def usable_cpus(root: Path = Path("/sys/fs/cgroup")) -> int:
     """CPUs this process may run on: its affinity mask, capped by the cgroup quota (rounded up)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
+    cpus = len(_affinity())
     limit = cgroup_cpu_limit(root)
     if limit is not None:
         cpus = min(cpus, max(1, math.ceil(limit)))
     return max(cpus, 1)
 
 
-def passive_wait() -> bool:
-    """Ask OpenMP's waiting threads to sleep rather than spin (OMP_WAIT_POLICY=PASSIVE, unless the
-    user set a policy). True if it can take effect, i.e. torch was not imported yet."""
-    if "torch" in sys.modules:
-        return os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    return os.environ["OMP_WAIT_POLICY"].upper() == "PASSIVE"
+def cpu_busy_seconds(cpus: set[int], stat: Path = Path("/proc/stat")) -> float | None:
+    """CPU-seconds spent busy (not idle, not waiting for I/O) since boot on the CPUs `cpus`, by
+    every process, from /proc/stat's per-CPU lines (proc(5)); None where it is not readable."""
+    try:
+        lines = stat.read_text().splitlines()
+    except OSError:
+        return None
+    jiffies = 0
+    for line in lines:
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            ticks = [int(f) for f in fields]
+            jiffies += sum(ticks[:8]) - ticks[3] - ticks[4]  # user..steal, less idle and iowait
+    return jiffies / os.sysconf("SC_CLK_TCK")
+
+
+def threads_beside(usable: int, others: float) -> int:
+    """Threads for a parallel region that shares `usable` CPUs with other processes keeping
+    `others` CPUs busy: the CPUs they leave, at least one (a thread that shares its core with a
+    busy process makes every other thread of the region wait for it)."""
+    return max(1, min(usable, round(usable - others)))
+
+
+class _Governor:
+    """Re-chooses torch's threads every `period` seconds from what other processes used of this
+    process's CPUs since the last look (their busy time = the CPUs' busy time - our own)."""
+
+    def __init__(self, cpus: set[int], period: float = 2.0) -> None:
+        self.cpus, self.period = cpus, period
+        self.last = (time.monotonic(), cpu_busy_seconds(cpus), time.process_time())
+
+    def __call__(self) -> None:
+        import torch
+
+        now = time.monotonic()
+        if now - self.last[0] < self.period:
+            return
+        busy, own = cpu_busy_seconds(self.cpus), time.process_time()
+        if busy is None or self.last[1] is None:
+            return
+        others = max(0.0, (busy - self.last[1]) - (own - self.last[2])) / (now - self.last[0])
+        self.last = (now, busy, own)
+        threads = threads_beside(len(self.cpus), others)
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+
+
+_governor: _Governor | None = None
 
 
 def choose_threads(threads: int | None = None) -> int:
-    """Set torch's intra-op threads: `threads` if given, else $DDIM_THREADS, else `usable_cpus()`
-    (no more than torch's current count when the passive wait is not in force, e.g. torch was
-    imported before ddim); returns the count. OMP_NUM_THREADS set by the user
-    is respected (torch already read it)."""
+    """Set torch's intra-op threads: `threads` if given, else $DDIM_THREADS, else torch's own
+    choice under OMP_NUM_THREADS, else `usable_cpus()`, which `adjust_threads()` then follows
+    to the CPUs other processes leave (only then, and not under a cgroup quota, which is this
+    process's share already); returns the count."""
     import torch
 
+    global _governor
+    _governor = None
     if threads is None and os.environ.get("DDIM_THREADS"):
         try:
             threads = int(os.environ["DDIM_THREADS"])
@@ -113,10 +156,15 @@ def choose_threads(threads: int | None = None) -> int:
         if os.environ.get("OMP_NUM_THREADS"):
             return torch.get_num_threads()
         threads = usable_cpus()
-        if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":  # waiting threads spin: never more
-            threads = min(threads, torch.get_num_threads())  # than torch (or the embedding program) chose
+        cpus = _affinity()
+        if threads == len(cpus):  # no quota below the affinity mask
+            _governor = _Governor(cpus)
     torch.set_num_threads(threads)
     return threads
 
 
-passive_wait()
+def adjust_threads() -> None:
+    """Follow the load (see `choose_threads`); cheap enough to call once per training step or
+    sampling batch, and a no-op unless `choose_threads()` chose the count itself."""
+    if _governor is not None:
+        _governor()

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ddim.device import adjust_threads
 from ddim.errors import BadValue
 from ddim.noise import PerSampleNoise
 from ddim.prediction import classifier_free_guidance
@@ -104,6 +105,7 @@ def generate_batches(
     resolve_sampler(schedule, **options)  # bad sampling options are refused before the first batch
     with tqdm(total=n, desc="sampling", unit="image", disable=not progress, leave=False) as bar:
         for first in range(0, n, batch_size):
+            adjust_threads()  # follow the machine's load (ddim.device)
             k = min(batch_size, n - first)
             part = slice(first, first + k)
             with running(device, bf16):

@@ -27,6 +27,7 @@ import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import safetensors
 import safetensors.torch
@@ -38,7 +39,7 @@ from ddim.errors import BadFile, BadValue
 from ddim.models import UNet
 from ddim.schedule import NoiseSchedule
 
-FORMAT, VERSION = "ddim-checkpoint", 1
+FORMAT, VERSION = "ddim-checkpoint", 2  # 2: train.ema_warmup names a profile (was a bool)
 MODEL, EMA, CONFIG, STATE = "model.safetensors", "ema.safetensors", "config.json", "state.pt"
 CHECKPOINTS = "checkpoints"
 _STEP_DIR = re.compile(r"step-(\d+)")
@@ -220,6 +221,15 @@ def damage(checkpoint: Path, needs: tuple[str, ...] = ALL_FILES) -> str | None:
     return None
 
 
+def _upgrade(run: Any, version: int) -> Any:
+    """A version-1 run config in version 2's terms: ema_warmup true/false was TensorFlow's profile
+    or none (a key that an older file lacks takes its default in `RunConfig.from_dict`)."""
+    train = run.get("train") if isinstance(run, dict) else None
+    if version == 1 and isinstance(train, dict) and isinstance(train.get("ema_warmup"), bool):
+        run = {**run, "train": {**train, "ema_warmup": "tf" if train["ema_warmup"] else "none"}}
+    return run
+
+
 def read_config(checkpoint: str | os.PathLike) -> tuple[RunConfig, int]:
     """(run config, step) from a checkpoint folder's config.json, validated. A missing key is an
     error; only a file of an older format version gets the defaults of the keys it lacks."""
@@ -245,7 +255,7 @@ def read_config(checkpoint: str | os.PathLike) -> tuple[RunConfig, int]:
     if type(step) is not int or step < 0:
         raise CheckpointError(f'{file} has "step": {step!r}, not an integer >= 0; restore the file')
     try:
-        return RunConfig.from_dict(data.get("run"), fill_defaults=version < VERSION), step
+        return RunConfig.from_dict(_upgrade(data.get("run"), version), fill_defaults=version < VERSION), step
     except BadValue as e:
         raise CheckpointError(f"{file} holds an invalid run config ({e}); restore the file") from e
 

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from ddim.config import RunConfig
 from ddim.data import build_dataset
-from ddim.device import resolve_device
+from ddim.device import adjust_threads, resolve_device
 from ddim.distributed import init_from_env, is_distributed, is_main_process, rank, world_size
 from ddim.errors import BadFile, BadValue, DdimError, NonFinite, PathError, Stopped, from_os_error
 from ddim.images import save_grid
@@ -248,6 +248,7 @@ def _train(
                 step += 1
                 completed, consistent = capture(step, batches.position, data_gen, noise_gen), True
                 bar.update(1)
+                adjust_threads()  # follow the machine's load (ddim.device)
                 if not main:
                     continue
                 paused_at = time.perf_counter()
@@ -258,7 +259,7 @@ def _train(
                 if cfg.log_every and (step % cfg.log_every == 0 or step == cfg.steps):
                     row = log.write(step, lr=lr, grad_norm=float(grad_norm), ema_decay=decay)
                     bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}")
-                if cfg.sample_every and step % cfg.sample_every == 0:
+                if cfg.sample_every and (step % cfg.sample_every == 0 or step == cfg.steps):
                     images = sample_images(ema, run, shape, device)
                     save_grid(images, out_dir / "samples" / f"{step_dir_name(step)}.png")
                 log.paused += time.perf_counter() - paused_at
