@@ -69,3 +69,11 @@ def test_usage_marks_data_required_and_resume_lifts_it(trained_run, capsys):
         main(["train", "--out", "somewhere"])
     assert exit_.value.code == 2 and "required: --data" in capsys.readouterr().err
     assert main(["train", "--out", str(trained_run), "--resume", "--dry-run"]) == 0  # the checkpoint's data
+
+
+@pytest.mark.parametrize("name", list(commands()))
+def test_every_command_shows_an_example_and_takes_the_common_flags(name):
+    parser = commands()[name]
+    assert f"Example: ddim {name} " in parser.description
+    flags = {flag for action in parser._actions for flag in action.option_strings}
+    assert {"--config", "--dry-run", "--quiet", "--device"} <= flags

@@ -10,6 +10,7 @@ import json
 
 import pytest
 from conftest import QUIET_TRAIN, TINY_TRAIN
+from PIL import Image
 
 from ddim.cli import main
 from ddim.config import TrainConfig
@@ -68,6 +69,47 @@ def test_sample_dry_run_reads_back_as_the_same_options(trained_run, tmp_path, ca
     (tmp_path / "default.json").write_text(printed)
     assert json.loads(printed)["clip"] == "checkpoint"
     assert dry_run(capsys, "sample", "--config", tmp_path / "default.json") == printed
+
+
+# each command with the flags it needs and one more, for the round trip
+ARGV = {
+    "train": ["--data", "digits", "--out", "{tmp}/r", "--steps", "7"],
+    "demo": ["--out", "{tmp}/d", "--train-steps", "3"],
+    "sample": ["--checkpoint", "{run}", "--n", "3"],
+    "invert": ["--checkpoint", "{run}", "--images", "{tmp}/images", "--refine", "2", "--sampler", "ddim"],
+    "interpolate": ["--checkpoint", "{run}", "--seeds", "1", "2"],
+    "edit": ["--checkpoint", "{run}", "--images", "{tmp}/images", "--strength", "0.5"],
+    "inpaint": ["--checkpoint", "{run}", "--images", "{tmp}/images", "--mask", "{tmp}/m.png"],
+    "eval": ["--samples", "{tmp}/s.npz", "--reference", "digits", "--cache-dir", ""],
+    "bench-samplers": [
+        "--checkpoint",
+        "{run}",
+        "--reference",
+        "digits",
+        "--out",
+        "{tmp}/b",
+        "--calls",
+        "3,6",
+    ],
+    "tune": ["--checkpoint", "{run}", "--calls", "3"],
+}
+
+
+def test_every_command_is_in_the_round_trip():
+    from test_cli_help import commands
+
+    assert set(ARGV) == set(commands())
+
+
+@pytest.mark.parametrize("command", list(ARGV))
+def test_every_dry_run_reads_back_as_the_same(command, trained_run, tmp_path, capsys):
+    (tmp_path / "images").mkdir()
+    Image.new("L", (8, 8), 128).save(tmp_path / "images" / "a.png")
+    argv = [a.format(tmp=tmp_path, run=trained_run) for a in ARGV[command]]
+    printed = dry_run(capsys, command, *argv)
+    (tmp_path / "config.json").write_text(printed)
+    assert dry_run(capsys, command, "--config", tmp_path / "config.json") == printed
+    assert not (tmp_path / "r").exists() and not (tmp_path / "d").exists() and not (tmp_path / "b").exists()
 
 
 def test_a_resume_from_a_file_needs_no_data(trained_run, tmp_path, capsys):

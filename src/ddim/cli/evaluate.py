@@ -94,7 +94,9 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         help="sample quality and time of each sampler per model calls",
         description="For one checkpoint, run each sampler at each budget of model calls "
         "from the same x_T, and write a markdown table, a CSV and a plot of the metric "
-        "against model calls.",
+        "against model calls. Cells the sampler refuses (heun on too coarse a grid) are left out with the "
+        "reason. Example: ddim bench-samplers --checkpoint runs/mine --reference digits --calls 5,10,20 "
+        "--out bench",
     )
     p.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="the run or checkpoint to sample")
     p.add_argument(

@@ -163,7 +163,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "demo",
         help="train a small model on digits and sample it (minutes on a CPU)",
         description="Train a small UNet on the built-in 16x16 digits, sample a grid with DDIM and save it "
-        "with a strip of the sampling trajectory.",
+        "with a strip of the sampling trajectory. Example: ddim demo --out ddim-demo",
     )
     p.add_argument("--out", default="ddim-demo", help="folder for the run and the images (default ddim-demo)")
     p.add_argument("--steps", type=positive_int, default=50, help="DDIM sampling steps (default 50)")

@@ -39,7 +39,8 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         help="tune a sampler's step grid to a trained model",
         description="Find the timesteps at which --sampler, making --calls model calls, best matches a "
         f"fine reference solve of the checkpoint's model from the same noise, and store them in the run "
-        f"folder's {TUNED_FILE}; then `ddim sample --sampler S --steps N --spacing tuned` uses them.",
+        f"folder's {TUNED_FILE}; then `ddim sample --sampler S --steps N --spacing tuned` uses them. "
+        "Example: ddim tune --checkpoint runs/mine --sampler unipc --calls 5",
     )
     p.add_argument(
         "--checkpoint",
