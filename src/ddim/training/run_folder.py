@@ -2,7 +2,8 @@
 
 `train` writes a marker file, `ddim-run.json`, into every run folder it creates (or finds empty),
 so that a command may later recognise a folder as a ddim run and delete only such a folder's own
-outputs (`remove_run`). While a process trains into a folder it holds an OS-level lock,
+outputs (`remove_run`, which checks every entry, inside the subfolders too, before it deletes
+anything). While a process trains into a folder it holds an OS-level lock,
 `fcntl.flock` on `.ddim-lock` in the folder: a second writer is refused with `RunBusy`. The OS
 releases the lock when the process exits in any way (kill -9 included), so a lock is never
 stale: a `.ddim-lock` file that nobody holds locked is stale by definition and is simply reused
@@ -13,17 +14,27 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
 from pathlib import Path
 
 from ddim.errors import BadFile, RunBusy, from_os_error
-from ddim.training.checkpoint import CHECKPOINTS
+from ddim.training.checkpoint import ALL_FILES, CHECKPOINTS
+from ddim.tuning import TUNED_FILE
 
 MARKER, LOCK = "ddim-run.json", ".ddim-lock"
-# everything `train` writes into a run folder; `remove_run` deletes these and nothing else
-OUTPUTS = (MARKER, LOCK, CHECKPOINTS, "samples", "tensorboard", "log.csv", ".log.csv.tmp")
+# everything ddim writes into a run folder (`train`, and `ddim tune`'s grids); `remove_run` deletes
+# these and nothing else
+OUTPUTS = (MARKER, LOCK, CHECKPOINTS, "samples", "tensorboard", "log.csv", ".log.csv.tmp", TUNED_FILE)
+# what `train` writes inside those subfolders: checkpoint folders (with ALL_FILES; partial ones of a
+# killed process, damaged ones moved aside: training/checkpoint.py), sample grids, TensorBoard events
+CHECKPOINT_DIR = re.compile(r"(\.tmp-)?step-\d+(\.damaged)?")
+WRITTEN_INSIDE = {
+    "samples": re.compile(r"step-\d+\.png"),
+    "tensorboard": re.compile(r"events\.out\.tfevents\..+"),
+}
 
 
 def is_run(folder: Path) -> bool:
@@ -95,9 +106,31 @@ class RunFolder:
             self.fd = None
 
 
+def _plain_file(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink()
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """The entries of run folder `folder` that ddim does not write, as paths relative to it: at
+    its top level (not in OUTPUTS) and inside its checkpoints, samples and tensorboard folders."""
+    foreign = [p.name for p in folder.iterdir() if p.name not in OUTPUTS]
+    for name in (CHECKPOINTS, *WRITTEN_INSIDE):
+        sub = folder / name
+        if not sub.is_dir() or sub.is_symlink():  # a file or a link: removed as such, nothing inside
+            continue
+        for p in sub.iterdir():
+            if name == CHECKPOINTS and p.is_dir() and not p.is_symlink() and CHECKPOINT_DIR.fullmatch(p.name):
+                kept = [f.name for f in p.iterdir() if not (_plain_file(f) and f.name in ALL_FILES)]
+                foreign += [f"{name}/{p.name}/{f}" for f in kept]
+            elif name == CHECKPOINTS or not (_plain_file(p) and WRITTEN_INSIDE[name].fullmatch(p.name)):
+                foreign.append(f"{name}/{p.name}")
+    return sorted(foreign)
+
+
 def remove_run(folder: Path) -> None:
     """Delete a run folder that `train` wrote, refusing (BadFile) a folder without its marker or
-    holding anything `train` does not write, and a folder another process is training (RunBusy)."""
+    holding anything ddim does not write (`foreign_entries`, all checked before anything is
+    deleted), and a folder another process is training (RunBusy)."""
     if not folder.exists():
         return
     if not is_run(folder):
@@ -105,11 +138,12 @@ def remove_run(folder: Path) -> None:
             f"{folder} exists but is not a ddim run folder (no {MARKER}); move it away or choose "
             "another --out: ddim deletes only what it wrote"
         )
-    foreign = sorted(p.name for p in folder.iterdir() if p.name not in OUTPUTS)
+    foreign = foreign_entries(folder)
     if foreign:
+        more = f" (and {len(foreign) - 3} more)" if len(foreign) > 3 else ""
         raise BadFile(
-            f"{folder} holds {', '.join(foreign)}, which ddim did not write; move it away or choose "
-            "another --out: ddim deletes only what it wrote"
+            f"{folder} holds {', '.join(foreign[:3])}{more}, which ddim did not write; move it away or "
+            "choose another --out: ddim deletes only what it wrote"
         )
     with RunFolder(folder, fresh=False):  # refuses a folder another process is training
         for name in OUTPUTS:
