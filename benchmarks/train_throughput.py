@@ -7,7 +7,13 @@ parameters with full self-attention only at the lowest resolution (lucidrains ad
 attention elsewhere), plus diffusers at our default widths, which separates the choice of widths
 from the implementation. Steps are interleaved across libraries so that load from other
 processes hits all alike; the table uses the median step time.
+
+Each entry's FLOPs per step (forward + backward, `torch.utils.flop_counter`) give its achieved
+GFLOP/s, set against a plain stack of 3x3 convolutions trained the same way (the widths of our
+UNet's levels at their resolutions): the most this CPU gives a network made of such layers.
+Images/s at equal FLOPs per image is GFLOP/s. `--compile` adds our UNet under torch.compile.
 Run: python benchmarks/train_throughput.py --batch 64 --size 16 --steps 20
+     python benchmarks/train_throughput.py --batch 64 --size 32 --channels 3 --steps 20
 """
 
 import argparse
@@ -18,11 +24,13 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from ddim.models import UNet, UNetConfig
 
 T = 1000
 OURS = "ddim (ours), default config"
+CONVS = "3x3 convolutions alone (reference)"
 Step = Callable[[Tensor], float]
 
 
@@ -53,15 +61,36 @@ def eps_mse(call: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor], Tens
     return loss
 
 
-def ours(config: UNetConfig) -> tuple[nn.Module, Step]:
+def ours(config: UNetConfig, compiled: bool = False) -> tuple[nn.Module, Step]:
     net = UNet(config)
-    return net, train_step(net, eps_mse(net))
+    call = torch.compile(net, dynamic=False) if compiled else net
+    return net, train_step(net, eps_mse(call))
 
 
-def lucidrains(size: int) -> tuple[nn.Module, Step]:
+def conv_stack(config: UNetConfig, size: int) -> tuple[nn.Module, Step]:
+    """3x3 convolutions only: two per level at each level's width and resolution, as in our UNet."""
+    layers, widths = [], [config.base_channels * m for m in config.channel_mult]
+    for width in widths:
+        layers.append(
+            nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.Conv2d(width, width, 3, padding=1))
+        )
+    net = nn.ModuleList(layers)
+
+    def loss(x0: Tensor) -> Tensor:
+        total = 0
+        for level, block in enumerate(net):
+            side = size >> level
+            x = x0.new_ones(x0.shape[0], widths[level], side, side)
+            total = total + block(x).square().mean()
+        return total
+
+    return net, train_step(net, loss)
+
+
+def lucidrains(size: int, channels: int) -> tuple[nn.Module, Step]:
     from denoising_diffusion_pytorch import GaussianDiffusion, Unet
 
-    net = Unet(dim=16, dim_mults=(1, 2, 4), channels=1)
+    net = Unet(dim=16, dim_mults=(1, 2, 4), channels=channels)
     diffusion = GaussianDiffusion(
         net, image_size=size, timesteps=T, objective="pred_noise", beta_schedule="linear"
     )
@@ -69,13 +98,13 @@ def lucidrains(size: int) -> tuple[nn.Module, Step]:
     return net, train_step(diffusion, lambda x0: diffusion((x0 + 1) / 2))
 
 
-def diffusers(size: int, widths: tuple[int, ...], groups: int) -> tuple[nn.Module, Step]:
+def diffusers(size: int, channels: int, widths: tuple[int, ...], groups: int) -> tuple[nn.Module, Step]:
     from diffusers import UNet2DModel
 
     net = UNet2DModel(
         sample_size=size,
-        in_channels=1,
-        out_channels=1,
+        in_channels=channels,
+        out_channels=channels,
         block_out_channels=widths,
         layers_per_block=1,
         down_block_types=("DownBlock2D", "DownBlock2D", "AttnDownBlock2D"),
@@ -89,6 +118,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--size", type=int, default=16, help="height = width, divisible by 4")
+    parser.add_argument("--channels", type=int, default=1, choices=(1, 3))
+    parser.add_argument("--compile", action="store_true", help="also time our UNet under torch.compile")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per library")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per library")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
@@ -97,15 +128,24 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
-    config = UNetConfig(in_channels=1)
+    c = args.channels
+    config = UNetConfig(in_channels=c)
     our_widths = tuple(config.base_channels * m for m in config.channel_mult)
     entries = {
         OURS: ours(config),
-        "denoising-diffusion-pytorch, dim 16, mults (1, 2, 4)": lucidrains(args.size),
-        "diffusers, widths (32, 32, 64)": diffusers(args.size, (32, 32, 64), 32),
-        f"diffusers, widths {our_widths} as ours": diffusers(args.size, our_widths, config.groups),
+        "denoising-diffusion-pytorch, dim 16, mults (1, 2, 4)": lucidrains(args.size, c),
+        "diffusers, widths (32, 32, 64)": diffusers(args.size, c, (32, 32, 64), 32),
+        f"diffusers, widths {our_widths} as ours": diffusers(args.size, c, our_widths, config.groups),
+        CONVS: conv_stack(config, args.size),
     }
-    x0 = torch.rand(args.batch, 1, args.size, args.size) * 2 - 1
+    if args.compile:
+        entries["ddim (ours), torch.compile"] = ours(config, compiled=True)
+    x0 = torch.rand(args.batch, c, args.size, args.size) * 2 - 1
+    flops = {}
+    for name, (_, step) in entries.items():  # counted on an extra step, outside the timing
+        with FlopCounterMode(display=False) as counter:
+            step(x0)
+        flops[name] = counter.get_total_flops()
     times: dict[str, list[float]] = {name: [] for name in entries}
     for i in range(args.warmup + args.steps):
         for name, (_, step) in entries.items():
@@ -115,15 +155,19 @@ def main() -> None:
                 times[name].append(time.perf_counter() - start)
 
     rate = {name: args.batch / statistics.median(ts) for name, ts in times.items()}
+    gflops = {name: flops[name] / 1e9 * rate[name] / args.batch for name in entries}
     print(
-        f"batch {args.batch}, {args.size}x{args.size}x1, median of {args.steps} steps, "
+        f"batch {args.batch}, {args.size}x{args.size}x{c}, median of {args.steps} steps, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads\n"
     )
-    print("| library | params (M) | images/s | ratio vs ours |")
-    print("|---|---:|---:|---:|")
+    print("| library | params (M) | MFLOP / image | images/s | vs ours | GFLOP/s | of 3x3 convs |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for name, (net, _) in entries.items():
         params = sum(p.numel() for p in net.parameters()) / 1e6
-        print(f"| {name} | {params:.3f} | {rate[name]:.0f} | {rate[name] / rate[OURS]:.2f} |")
+        print(
+            f"| {name} | {params:.3f} | {flops[name] / args.batch / 1e6:.1f} | {rate[name]:.0f} | "
+            f"{rate[name] / rate[OURS]:.2f} | {gflops[name]:.0f} | {gflops[name] / gflops[CONVS]:.0%} |"
+        )
 
 
 if __name__ == "__main__":

@@ -156,17 +156,19 @@ def test_the_library_shares_the_config_checks():
 
 # ---- short runs ------------------------------------------------------------------------------
 def test_train_writes_log_samples_and_checkpoints(tmp_path, digits):
-    run = tiny_run(steps=4, log_every=2, sample_every=2, checkpoint_every=1, keep_last=2)
+    run = tiny_run(steps=5, log_every=2, sample_every=2, checkpoint_every=1, keep_last=2)
     newest = train(run, tmp_path, progress=False, dataset=digits)
-    assert newest == tmp_path / "checkpoints" / "step-000004"
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-000003", "step-000004"]
+    assert newest == tmp_path / "checkpoints" / "step-000005"
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-000004", "step-000005"]
     rows = read_log(tmp_path)
-    assert [int(r["step"]) for r in rows] == [2, 4]
+    assert [int(r["step"]) for r in rows] == [2, 4, 5]  # the last step is always logged
     assert set(rows[0]) == {"step", "loss", "lr", "grad_norm", "ema_decay", "images_per_s", "elapsed_s"}
     assert float(rows[0]["lr"]) == 1e-3 and float(rows[0]["images_per_s"]) > 0
     # 4 samples of 8x8 -> a 2x2 grid of tiles enlarged 8 times, 1px apart: 2 * (64 + 1) + 1
-    for step in (2, 4):
-        with Image.open(tmp_path / "samples" / f"step-00000{step}.png") as im:
+    grids = sorted(p.name for p in (tmp_path / "samples").iterdir())
+    assert grids == ["step-000002.png", "step-000004.png", "step-000005.png"]  # and the last step's
+    for grid in grids:
+        with Image.open(tmp_path / "samples" / grid) as im:
             assert im.size == (131, 131) and im.mode == "L"
     with pytest.raises(ValueError, match="already holds checkpoints"):
         train(run, tmp_path, progress=False, dataset=digits)
