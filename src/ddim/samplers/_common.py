@@ -1,5 +1,6 @@
-"""Shared pieces of the samplers: the per-step schedule values, the deterministic DDIM move, and
-the log-SNR and order bookkeeping of the multistep solvers."""
+"""Shared pieces of the samplers: the per-step schedule values, the per-step noise of the
+stochastic ones, the deterministic DDIM move, and the log-SNR and order bookkeeping of the
+multistep solvers."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import NamedTuple
 from torch import Tensor
 
 from ddim.errors import BadValue
+from ddim.noise import Generators, PerSampleNoise
 from ddim.schedule import NoiseSchedule, log_snr
 
 Callback = Callable[[int, int, Tensor, Tensor], None]  # (i, t, x, x0_estimate)
@@ -30,6 +32,17 @@ def grid_steps(schedule: NoiseSchedule, timesteps: Sequence[int] | Tensor) -> li
         raise BadValue(f"timesteps must lie in [0, {schedule.T - 1}], got {ts}")
     a = schedule.alphas_cumprod.tolist()
     return [Step(t, a[t], a[ts[i + 1]] if i + 1 < len(ts) else 1.0) for i, t in enumerate(ts)]
+
+
+def step_noise(noise: Tensor | None, generator: Generators, x: Tensor, steps: int) -> Callable[[int], Tensor]:
+    """z_i [N, ...] for step i of a stochastic sampler: `noise[i]` when `noise` [steps, *x.shape]
+    is given, else the next draw of each example's stream from `generator`."""
+    if noise is not None:
+        if noise.shape != (steps, *x.shape):
+            raise BadValue(f"noise must have shape {(steps, *x.shape)}, got {tuple(noise.shape)}")
+        return lambda i: noise[i].to(x)
+    source = PerSampleNoise.from_generators(generator, len(x))
+    return lambda i: source.randn(x.shape[1:], x.device, x.dtype)
 
 
 def ddim_move(x0: Tensor, eps: Tensor, a_next: float, sigma: float = 0.0) -> Tensor:

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from ddim.errors import BadValue
-from ddim.noise import Generators, PerSampleNoise
+from ddim.noise import Generators
 from ddim.prediction import Predict, x0_from_eps
-from ddim.samplers._common import Callback, Step, ddim_move, grid_steps
+from ddim.samplers._common import Callback, Step, ddim_move, grid_steps, step_noise
 from ddim.schedule import NoiseSchedule
 
 
@@ -56,17 +56,15 @@ def ddim(
             f"eta = {eta} leaves DDIM eq. 12 undefined on this grid (1 - a_next - sigma^2 < 0): "
             f"use eta <= {largest:.6g}"
         )
-    if noise is not None and noise.shape != (len(steps), *x.shape):
-        raise BadValue(f"noise must have shape {(len(steps), *x.shape)}, got {tuple(noise.shape)}")
-    source = PerSampleNoise.from_generators(generator, len(x)) if eta > 0 and noise is None else None
+    # eta = 0 draws nothing, so it takes nothing from `generator`
+    z_at = step_noise(noise, generator, x, len(steps)) if eta > 0 or noise is not None else None
     x0 = None
     for i, (t, a_t, a_next) in enumerate(steps):
         eps, x0 = predict(x, t, x0)
         sigma = ddim_sigma(a_t, a_next, eta)
         x_prev = ddim_move(x0, eps, a_next, sigma)  # DDIM eq. 12
         if sigma > 0:
-            z = noise[i].to(x) if noise is not None else source.randn(x.shape[1:], x.device, x.dtype)
-            x_prev = x_prev + sigma * z
+            x_prev = x_prev + sigma * z_at(i)
         x = x_prev
         if callback is not None:
             callback(i, t, x, x0)

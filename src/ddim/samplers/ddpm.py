@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from ddim.errors import BadValue
-from ddim.noise import Generators, PerSampleNoise
+from ddim.noise import Generators
 from ddim.prediction import Predict
-from ddim.samplers._common import Callback, grid_steps
+from ddim.samplers._common import Callback, grid_steps, step_noise
 from ddim.schedule import NoiseSchedule
 
 VARIANCES = ("posterior", "beta")
@@ -42,9 +42,7 @@ def ddpm(
     if variance not in VARIANCES:
         raise BadValue(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
     steps = grid_steps(schedule, timesteps)
-    if noise is not None and noise.shape != (len(steps), *x.shape):
-        raise BadValue(f"noise must have shape {(len(steps), *x.shape)}, got {tuple(noise.shape)}")
-    source = PerSampleNoise.from_generators(generator, len(x)) if noise is None else None
+    z_at = step_noise(noise, generator, x, len(steps))
     x0 = None
     for i, (t, a_t, a_next) in enumerate(steps):
         eps, x0 = predict(x, t, x0)
@@ -53,8 +51,7 @@ def ddpm(
         x = (a_next**0.5 * beta / (1 - a_t)) * x0 + ((1 - beta) ** 0.5 * (1 - a_next) / (1 - a_t)) * x
         if a_next < 1.0:
             var = posterior_variance(a_t, a_next) if variance == "posterior" else beta
-            z = noise[i].to(x) if noise is not None else source.randn(x.shape[1:], x.device, x.dtype)
-            x = x + var**0.5 * z
+            x = x + var**0.5 * z_at(i)
         if callback is not None:
             callback(i, t, x, x0)
     return x
