@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         # the standard way (Python docs, "Note on SIGPIPE"): later writes and the flush at exit go nowhere
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 128 + signal.SIGPIPE
+        return 141  # 128 + SIGPIPE (13), the status a shell reports for a command its pipe ended
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
