@@ -28,7 +28,7 @@ from ddim.cli._common import (
     seed,
     unit_float,
 )
-from ddim.config import DiffusionConfig, RunConfig, TrainConfig
+from ddim.config import EMA_WARMUPS, DiffusionConfig, RunConfig, TrainConfig
 from ddim.data import DataConfig, build_dataset
 from ddim.device import resolve_device
 from ddim.errors import BadValue
@@ -48,7 +48,7 @@ SECTIONS = {
     "model": ("base_channels", "channel_mult", "num_res_blocks", "dropout", "self_condition"),
     "diffusion": ("schedule", "timesteps", "prediction", "zero_terminal_snr"),
     "train": tuple(
-        "steps batch_size lr warmup_steps ema_decay bf16 grad_accum seed weighting min_snr_gamma "
+        "steps batch_size lr warmup_steps ema_decay ema_warmup bf16 grad_accum seed weighting min_snr_gamma "
         "offset_noise label_dropout sample_every sample_steps checkpoint_every keep_last log_every "
         "device".split()
     ),
@@ -136,7 +136,15 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
     _flag(g, "--batch-size", "examples per optimizer step", t, type=positive_int)
     _flag(g, "--lr", "peak learning rate", t, type=positive_float)
     _flag(g, "--warmup-steps", "linear learning-rate warm-up", t, type=non_negative_int)
-    _flag(g, "--ema-decay", "EMA decay of the weights", t, type=unit_float)
+    _flag(g, "--ema-decay", "the most the EMA decay of the weights reaches", t, type=unit_float)
+    _flag(
+        g,
+        "--ema-warmup",
+        "the EMA decay over the run: power (EDM2's: an average as wide as 10%% of the steps so far, "
+        "so right for short and long runs), tf ((1 + n) / (10 + n)) or none",
+        t,
+        choices=EMA_WARMUPS,
+    )
     _flag(g, "--bf16", "bfloat16 autocast", action="store_true")
     _flag(g, "--grad-accum", "micro-batches per step (must divide --batch-size)", t, type=positive_int)
     _flag(g, "--seed", "seed of the run, in [0, 2**64)", t, type=seed)
