@@ -24,9 +24,10 @@ from ddim.cli.tune import DISTANCES, digits_fd_distance
 from ddim.evaluation import evaluate
 from ddim.generation import generate
 from ddim.noise import PerSampleNoise
+from ddim.samplers import steps_for_calls
 from ddim.timesteps import make_timesteps
 from ddim.training import load_checkpoint
-from ddim.tuning import reference_solve, steps_for, tune_timesteps
+from ddim.tuning import reference_solve, tune_timesteps
 
 FIXED = ("trailing", "logsnr", "karras")
 
@@ -84,7 +85,7 @@ def main() -> None:
                               **kw)  # fmt: skip
         print(f"calls {c}: {grid} in {info['seconds']:.0f} s, start errors {info['start_errors']}, "
               f"tuned {info['error']:.3g}", flush=True)  # fmt: skip
-        steps = steps_for(args.sampler, c)
+        steps = steps_for_calls(args.sampler, c, exact=True)
         rows[c] = {"calls": c, "grid": grid, "tune_seconds": info["seconds"], "tune_error": info["error"],
                    "start_errors": info["start_errors"]}  # fmt: skip
         rows[c]["tuned"] = fd(args.sampler, grid, steps)["fid"]

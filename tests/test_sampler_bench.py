@@ -9,8 +9,8 @@ from PIL import Image
 
 from ddim import SAMPLERS, NoiseSchedule
 from ddim.errors import BadValue
-from ddim.evaluation.sampler_bench import bench_samplers, steps_for_calls, write_report
-from ddim.samplers import model_calls
+from ddim.evaluation.sampler_bench import bench_samplers, write_report
+from ddim.samplers import model_calls, steps_for_calls
 
 
 def test_steps_for_calls_counts_heun_honestly():

@@ -28,7 +28,7 @@ from ddim.cli import main
 from ddim.cli.evaluate import _samplers
 from ddim.data import to_uint8
 from ddim.errors import MissingFile
-from ddim.samplers import model_calls
+from ddim.samplers import model_calls, steps_for_calls
 from ddim.samplers._common import ddim_move
 from ddim.training import load_checkpoint
 from ddim.tuning import (
@@ -37,7 +37,6 @@ from ddim.tuning import (
     gits_grid,
     read_tuned,
     reference_solve,
-    steps_for,
     store_tuned,
     tune_timesteps,
     tuned_grid,
@@ -74,7 +73,9 @@ def held_out_error(sampler, grid_or_spacing, steps):
 @pytest.mark.parametrize("sampler,calls", [("unipc", 5), ("ipndm", 3), ("heun", 5), ("dpmpp_3m", 8)])
 def test_tuned_grids_are_valid_grids_for_that_budget(sampler, calls):
     grid = tune(sampler, calls, n=32, max_evals=25, reference_steps=50)
-    assert len(grid) == steps_for(sampler, calls) and model_calls(sampler, len(grid)) == calls
+    assert (
+        len(grid) == steps_for_calls(sampler, calls, exact=True) and model_calls(sampler, len(grid)) == calls
+    )
     assert grid[0] == SCHED.T - 1 and grid[-1] >= 0 and all(isinstance(t, int) for t in grid)
     assert all(b < a for a, b in zip(grid, grid[1:]))
 
@@ -159,7 +160,7 @@ def test_stored_grids_round_trip_and_the_missing_grid_names_the_command(tmp_path
 
 def test_refusals():
     with pytest.raises(ValueError, match="cannot make exactly 4 model calls"):
-        steps_for("heun", 4)
+        steps_for_calls("heun", 4, exact=True)
     with pytest.raises(ValueError, match="fresh noise"):
         tune("ddpm")
     with pytest.raises(ValueError, match="unknown tuning method"):

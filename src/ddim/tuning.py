@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from ddim.errors import BadFile, BadValue, MissingFile, NonFinite
 from ddim.noise import PerSampleNoise
 from ddim.prediction import Clip
-from ddim.samplers import SAMPLERS, model_calls
+from ddim.samplers import model_calls, steps_for_calls
 from ddim.sampling import sample
 from ddim.schedule import A_FLOOR, NoiseSchedule, log_snr
 from ddim.timesteps import make_timesteps
@@ -45,18 +45,6 @@ METHODS = ("search", "gits")
 START_GRIDS = ("trailing", "logsnr", "karras")
 TUNED_FILE = "tuned-grids.json"
 REFERENCE = ("dpmpp_2m", "logsnr")  # the fine reference solve: second order, no corrector
-
-
-def steps_for(sampler: str, calls: int) -> int:
-    """The grid length at which `sampler` makes exactly `calls` model calls."""
-    if sampler not in SAMPLERS:
-        raise BadValue(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    for steps in range(1, calls + 1):
-        if model_calls(sampler, steps) == calls:
-            return steps
-    raise BadValue(
-        f"{sampler} cannot make exactly {calls} model calls (heun makes 2 steps - 1); pick another --calls"
-    )
 
 
 class _PrefixCache:
@@ -183,7 +171,7 @@ def tune_timesteps(
         raise BadValue(f"unknown tuning method {method!r}; choose one of {', '.join(METHODS)}")
     if sampler in ("ddpm", "ddpm_sigma_hat"):
         raise BadValue(f"{sampler} draws fresh noise at every step; tune a deterministic sampler's grid")
-    steps = steps_for(sampler, calls)
+    steps = steps_for_calls(sampler, calls, exact=True)
     if not 1 <= steps <= schedule.T or n < 1 or reference_steps < 2 * steps:
         raise BadValue(f"tuning needs 1 <= steps <= T, n >= 1 and reference_steps >= 2 steps; got "
                        f"steps={steps}, n={n}, reference_steps={reference_steps}")  # fmt: skip

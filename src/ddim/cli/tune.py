@@ -26,9 +26,9 @@ from ddim.evaluation.features import DigitFeatures
 from ddim.evaluation.metrics import feature_statistics, frechet_distance
 from ddim.generation import running
 from ddim.pipeline import CHECKPOINT_CLIP, load
-from ddim.samplers import SAMPLERS
+from ddim.samplers import SAMPLERS, steps_for_calls
 from ddim.training.checkpoint import find_checkpoint, read_config
-from ddim.tuning import METHODS, TUNED_FILE, run_folder, steps_for, store_tuned, tune_timesteps
+from ddim.tuning import METHODS, TUNED_FILE, run_folder, store_tuned, tune_timesteps
 
 DISTANCES = ("l2", "digits-fd")
 
@@ -94,7 +94,7 @@ def digits_fd_distance(device: torch.device | str = "cpu") -> Callable[[Tensor, 
 def run_tune(args: argparse.Namespace) -> None:
     folder = find_checkpoint(args.checkpoint)
     run, step = read_config(folder)
-    steps = steps_for(args.sampler, args.calls)
+    steps = steps_for_calls(args.sampler, args.calls, exact=True)
     if steps > run.diffusion.timesteps:
         raise BadValue(
             f"--calls {args.calls} needs {steps} steps, more than the model's {run.diffusion.timesteps}"

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ddim.errors import BadValue
 from ddim.evaluation.metrics import evaluate
 from ddim.generation import generate
-from ddim.samplers import DEFAULT_SPACINGS, SAMPLERS, model_calls
+from ddim.samplers import DEFAULT_SPACINGS, model_calls, steps_for_calls
 from ddim.schedule import NoiseSchedule
 from ddim.tuning import tuned_grid
 
@@ -44,16 +44,6 @@ COLUMNS = (
     "precision",
     "recall",
 )
-
-
-def steps_for_calls(sampler: str, calls: int) -> int:
-    """The most steps whose model calls (`ddim.samplers.model_calls`) stay within `calls`."""
-    if sampler not in SAMPLERS:
-        raise BadValue(f"unknown sampler {sampler!r}; choose from {', '.join(SAMPLERS)}")
-    steps = calls
-    while steps > 1 and model_calls(sampler, steps) > calls:
-        steps -= 1
-    return steps
 
 
 def bench_samplers(

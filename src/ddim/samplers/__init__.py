@@ -16,6 +16,7 @@ from ddim.samplers.registry import (
     Sampler,
     model_calls,
     registered,
+    steps_for_calls,
 )
 from ddim.samplers.unipc import unipc
 
@@ -37,6 +38,7 @@ __all__ = [
     "interpolate_latents",
     "ipndm",
     "model_calls",
+    "steps_for_calls",
     "posterior_variance",
     "registered",
     "slerp",

@@ -86,3 +86,16 @@ def registered(sampler: str) -> Sampler:
 def model_calls(sampler: str, steps: int) -> int:
     """The model calls that the registered sampler `sampler` makes on a grid of `steps` points."""
     return registered(sampler).calls(steps)
+
+
+def steps_for_calls(sampler: str, calls: int, *, exact: bool = False) -> int:
+    """The most grid points (at least 1) on which `sampler` makes at most `calls` model calls; with
+    `exact`, exactly `calls` of them or BadValue (heun makes 2 steps - 1, an odd number)."""
+    entry = registered(sampler)
+    steps = max((s for s in range(1, calls + 1) if entry.calls(s) <= calls), default=1)
+    if exact and entry.calls(steps) != calls:
+        raise BadValue(
+            f"{sampler} cannot make exactly {calls} model calls (at most {entry.calls(steps)}); "
+            "pick another --calls"
+        )
+    return steps
