@@ -85,7 +85,7 @@ class Scorer:
 def train_and_score(args) -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out) / f"{args.data}-{args.recipe}"
-    run = run_config(args.data, args.recipe, max(STEPS))
+    run = run_config(args.data, args.recipe, args.max_steps)
     train(run, out, resume=(out / "checkpoints").is_dir(), progress=not args.quiet)
     score(args)
 
@@ -130,11 +130,15 @@ def report(args) -> None:
             r = results.get((data, recipe))
             if r is None:
                 continue
-            fds = [r["fd"][str(s)] for s in STEPS]
-            print(f"| {data} | {recipe} | " + " | ".join(f"{v:.2f}" for v in fds) + f" | {r['floor']:.2f} |")
-            ax.plot(STEPS, fds, marker="o", label=recipe)
+            fds = [r["fd"].get(str(s)) for s in STEPS]  # None: not trained that far
+            cells = " | ".join("" if v is None else f"{v:.2f}" for v in fds)
+            print(f"| {data} | {recipe} | {cells} | {r['floor']:.2f} |")
+            done = [(s, v) for s, v in zip(STEPS, fds) if v is not None]
+            ax.plot(*zip(*done), marker="o", label=recipe)
             ax.axhline(r["floor"], color="grey", lw=0.8, ls="--")
         ax.set(xscale="log", yscale="log", title=data, xlabel="training steps", ylabel="FD (digit features)")
+        ax.set_xticks(STEPS, [f"{s:,}" for s in STEPS], minor=False)
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
         ax.legend()
     fig.tight_layout()
     fig.savefig(docs / "fd-by-steps.png", dpi=110)
@@ -161,6 +165,9 @@ def main() -> None:
         q.add_argument("--n", type=int, default=1000, help="samples per FD")
         q.add_argument("--threads", type=int, default=1)
     t.add_argument("--quiet", action="store_true")
+    t.add_argument(
+        "--max-steps", type=int, default=max(STEPS), help="stop here (a later call continues the run)"
+    )
     t.set_defaults(run=train_and_score)
     c.set_defaults(run=score)
     r = sub.add_parser("report")
