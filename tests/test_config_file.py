@@ -158,3 +158,24 @@ def test_a_missing_file_is_one_line(tmp_path, capsys):
     assert run("sample", "--config", tmp_path / "none.toml", "--dry-run") == 2
     err = capsys.readouterr().err
     assert f"--config {tmp_path / 'none.toml'} does not exist" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_command_reads_its_dry_run_back_in_a_subprocess(tmp_path):
+    """As a user runs it: `ddim train ... --dry-run > a.json`, then `--config a.json` resolves to
+    the same; a file with an unknown key exits 2 with one line naming the file and the key."""
+    import subprocess
+    import sys
+
+    def ddim(*argv: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "ddim", *argv]
+        return subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+
+    first = ddim("train", "--data", "digits", "--out", "runs/a", "--steps", "7", "--lr", "3e-4", "--dry-run")
+    assert first.returncode == 0, first.stderr
+    (tmp_path / "a.json").write_text(first.stdout)
+    again = ddim("train", "--config", "a.json", "--dry-run")
+    assert again.returncode == 0 and again.stdout == first.stdout, again.stderr
+    (tmp_path / "bad.toml").write_text('data = "digits"\nout = "runs/b"\nstpes = 7\n')
+    bad = ddim("train", "--config", "bad.toml")
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert len(bad.stderr.strip().splitlines()) == 1 and "bad.toml" in bad.stderr and "stpes" in bad.stderr
