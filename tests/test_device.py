@@ -98,6 +98,27 @@ def test_cpu_busy_seconds_counts_only_our_cpus(tmp_path):
     assert cpu_busy_seconds({0}, tmp_path / "missing") is None
 
 
+def test_the_thread_count_does_not_change_results():
+    """adjust_threads may change the count mid-run; the images and the gradients must not change
+    with it (seeded sampling is promised to give the same images whatever the load)."""
+    from ddim.models import UNet, UNetConfig
+
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(in_channels=1))
+    x, t = torch.randn(32, 1, 16, 16), torch.randint(0, 1000, (32,))
+    before, results = torch.get_num_threads(), []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            net.zero_grad()
+            out = net(x, t)
+            out.square().mean().backward()
+            results.append(torch.cat([out.flatten(), *(p.grad.flatten() for p in net.parameters())]))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(results[0], results[1])
+
+
 def test_the_governor_follows_other_processes(monkeypatch):
     """Busy time on our CPUs beyond our own process time is other processes' load: the thread
     count follows it (a fake clock and /proc/stat: another process busy on 1 CPU of 2, then gone)."""

@@ -95,7 +95,7 @@ def cpu_busy_seconds(cpus: set[int], stat: Path = Path("/proc/stat")) -> float |
         return None
     jiffies = 0
     for line in lines:
-        name, *fields = line.split()
+        name, *fields = line.split() or [""]
         if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
             ticks = [int(f) for f in fields]
             jiffies += sum(ticks[:8]) - ticks[3] - ticks[4]  # user..steal, less idle and iowait
