@@ -7,12 +7,12 @@ Inductor's FX graph cache and AOTAutograd cache (on by default in torch >= 2.5) 
 model and shapes loads its kernels instead of compiling them again. Shapes are static: a new
 batch size compiles (and caches) once more.
 
-`enabled=None` (auto) compiles where the measured compile time pays back (docs/performance.md,
-benchmarks/compile_speedup.py): a CPU training run of at least PAYS_AFTER_STEPS steps, since on
-this CPU a training step ran 1.75x (16x16) and 1.83x (32x32) faster compiled and a first compile
-(empty cache) paid for itself after 1170 and 660 steps (8-16 steps with the cache filled).
-Sampling is not compiled by default (a few hundred model calls do not repay a first compile), nor
-is anything on a GPU, where it was not measured. If compiling fails (no C++ compiler, an
+`enabled=None` (auto) does not compile yet (`compile_pays`). What was measured
+(docs/performance.md, benchmarks/compile_speedup.py): on this CPU a training step ran 1.75x
+(16x16) and 1.83x (32x32) faster compiled, and a first compile (empty cache) paid for itself after
+1170 and 660 steps (8-16 steps with the cache filled), so a CPU training run of PAYS_AFTER_STEPS
+steps or more is where auto would compile. Sampling (a few hundred model calls do not repay a
+first compile) and GPUs (not measured) stay eager. If compiling fails (no C++ compiler, an
 unsupported op), torch falls back to running the model eagerly.
 """
 
@@ -53,7 +53,8 @@ PAYS_AFTER_STEPS = 2000
 
 
 def compile_pays(device: torch.device | str, train_steps: int = 0) -> bool:
-    """The auto choice: a CPU training run of at least PAYS_AFTER_STEPS steps (docs/performance.md)."""
+    """The auto choice: never, for now. Where the measurements say it pays (a CPU training run of
+    PAYS_AFTER_STEPS steps or more, docs/performance.md) it is still off, for the reason below."""
     # Off until a compiled training run is proven end to end (a test run at 2000+ steps compiled
     # under a full disk and printed dynamo's warnings): measured pay-back, not yet the default.
     return False
