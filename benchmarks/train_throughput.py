@@ -6,7 +6,8 @@ the loss) and diffusers' `UNet2DModel` (with the same inline loss as ours), each
 parameters with full self-attention only at the lowest resolution (lucidrains adds linear
 attention elsewhere), plus diffusers at our default widths, which separates the choice of widths
 from the implementation. Steps are interleaved across libraries so that load from other
-processes hits all alike; the table uses the median step time.
+processes hits all alike; the table uses the median step time, and each ratio is the median of
+the ratios within a round.
 
 Each entry's FLOPs per step (forward + backward, `torch.utils.flop_counter`) give its achieved
 GFLOP/s, set against a plain stack of 3x3 convolutions trained the same way (the widths of our
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from ddim.models import UNet, UNetConfig
+from ddim.training.optim import adamw
 
 T = 1000
 OURS = "ddim (ours), default config"
@@ -35,9 +37,14 @@ WIDE = "3x3 convolutions, 128 channels at 32x32 (the CPU's good case)"
 Step = Callable[[Tensor], float]
 
 
-def train_step(model: nn.Module, loss_fn: Callable[[Tensor], Tensor]) -> Step:
-    """A closure doing one AdamW step on loss_fn(x0); every library gets the same one."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+def train_step(model: nn.Module, loss_fn: Callable[[Tensor], Tensor], fused: bool = False) -> Step:
+    """A closure doing one AdamW step on loss_fn(x0): torch's default AdamW for the anchors, and
+    the one ddim trains with (`ddim.training.optim.adamw`, fused) for ours."""
+    opt = (
+        adamw(model.parameters(), 1e-4, 0.0, torch.device("cpu"))
+        if fused
+        else torch.optim.AdamW(model.parameters(), lr=1e-4)
+    )
 
     def step(x0: Tensor) -> float:
         loss = loss_fn(x0)
@@ -65,7 +72,7 @@ def eps_mse(call: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor], Tens
 def ours(config: UNetConfig, compiled: bool = False) -> tuple[nn.Module, Step]:
     net = UNet(config)
     call = torch.compile(net, dynamic=False) if compiled else net
-    return net, train_step(net, eps_mse(call))
+    return net, train_step(net, eps_mse(call), fused=True)
 
 
 def conv_stack(config: UNetConfig, size: int) -> tuple[nn.Module, Step]:
@@ -163,6 +170,14 @@ def main() -> None:
 
     rate = {name: args.batch / statistics.median(ts) for name, ts in times.items()}
     gflops = {name: flops[name] / 1e9 * rate[name] / args.batch for name in entries}
+
+    def against(name: str, reference: str) -> float:
+        """name's FLOP rate over reference's, the median over rounds: each round times every entry
+        once, so a change in the machine's speed between rounds cancels out."""
+        return statistics.median(
+            flops[name] * ref / (flops[reference] * mine) for mine, ref in zip(times[name], times[reference])
+        )
+
     print(
         f"batch {args.batch}, {args.size}x{args.size}x{c}, median of {args.steps} steps, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads\n"
@@ -174,10 +189,10 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, (net, _) in entries.items():
         params = sum(p.numel() for p in net.parameters()) / 1e6
+        images = against(name, OURS) * flops[OURS] / flops[name]  # images/s over ours, per round
         print(
             f"| {name} | {params:.3f} | {flops[name] / args.batch / 1e6:.1f} | {rate[name]:.0f} | "
-            f"{rate[name] / rate[OURS]:.2f} | {gflops[name]:.0f} | {gflops[name] / gflops[CONVS]:.0%} | "
-            f"{gflops[name] / gflops[WIDE]:.0%} |"
+            f"{images:.2f} | {gflops[name]:.0f} | {against(name, CONVS):.0%} | {against(name, WIDE):.0%} |"
         )
 
 

@@ -19,6 +19,7 @@ from ddim.models import UNetConfig
 from ddim.training import ema_decay_at, ema_update, lr_at, train
 from ddim.training.batches import IndexStream
 from ddim.training.ema import POWER_GAMMA, POWER_SIGMA_REL, power_gamma, power_sigma_rel
+from ddim.training.optim import adamw
 
 TINY_MODEL = dict(base_channels=8, channel_mult=(1, 2), groups=4, num_heads=2)
 
@@ -49,6 +50,41 @@ def read_log(run_dir) -> list[dict]:
 def test_lr_warms_up_linearly_then_stays():
     assert [lr_at(s, 1.0, 4) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     assert lr_at(0, 3e-4, 0) == 3e-4
+
+
+def test_adamw_takes_the_papers_steps_fused_on_the_cpu():
+    """Two steps against AdamW's closed form (Loshchilov & Hutter 2019, Alg. 2, as torch applies
+    it: decay theta by lr * lambda, then the bias-corrected Adam step), in float64."""
+    theta0 = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    theta = torch.nn.Parameter(theta0.clone())
+    lr, wd, (b1, b2), eps = 0.1, 0.01, (0.9, 0.999), 1e-8
+    opt = adamw([theta], lr, wd, torch.device("cpu"))
+    assert opt.param_groups[0]["fused"]
+    grads = [
+        torch.tensor([0.3, -2.0, 1e-4], dtype=torch.float64),
+        torch.tensor([-0.1, 0.5, 3.0], dtype=torch.float64),
+    ]
+    expected, m, v = theta0.clone(), torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    for t, g in enumerate(grads, start=1):
+        theta.grad = g.clone()
+        opt.step()
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+        m_hat, v_hat = m / (1 - b1**t), v / (1 - b2**t)
+        expected = expected * (1 - lr * wd) - lr * m_hat / (v_hat.sqrt() + eps)
+        assert torch.allclose(theta.detach(), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_an_optimizer_state_keeps_its_kernel_on_resume():
+    """A run saved before the fused kernel resumes with the per-tensor loop it started with."""
+    old = torch.optim.AdamW([torch.nn.Parameter(torch.ones(2))], lr=1e-3)
+    new = adamw([torch.nn.Parameter(torch.ones(2))], 1e-3, 0.0, torch.device("cpu"))
+    new.load_state_dict(old.state_dict())
+    assert not new.param_groups[0]["fused"]
+    again = adamw([torch.nn.Parameter(torch.ones(2))], 1e-3, 0.0, torch.device("cpu"))
+    again.load_state_dict(
+        adamw([torch.nn.Parameter(torch.ones(2))], 1e-3, 0.0, torch.device("cpu")).state_dict()
+    )
+    assert again.param_groups[0]["fused"]
 
 
 def test_ema_decay_warms_up_to_its_maximum():

@@ -4,7 +4,7 @@
 from ddim.training.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint
 from ddim.training.ema import ema_decay_at, ema_update
 from ddim.training.loop import train
-from ddim.training.lr import lr_at
+from ddim.training.optim import lr_at
 
 __all__ = [
     "CheckpointError",

@@ -18,8 +18,8 @@ Nothing is lost: rank 0 holds the run folder's lock (`run_folder.RunFolder`); ea
 checkpoint is written before its log line and sample grid; a non-finite loss or gradient stops
 the run before the optimizer uses it; SIGINT/SIGTERM (`stop.StopSignals`) and any error raised
 during a step save the last completed step first (`_rescue`), so `resume=True` continues it
-exactly. The pieces live beside it: `lr`, `batches` (data order and fingerprint), `state` (RNG
-and optimizer state), `log`, `preview` (sample grids).
+exactly. The pieces live beside it: `optim` (AdamW and the LR warm-up), `batches` (data order and
+fingerprint), `state` (RNG and optimizer state), `log`, `preview` (sample grids).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ from ddim.training.checkpoint import (
 )
 from ddim.training.ema import ema_decay_at, ema_update
 from ddim.training.log import TrainLog
-from ddim.training.lr import lr_at
+from ddim.training.optim import adamw, lr_at
 from ddim.training.preview import sample_images
 from ddim.training.run_folder import RunFolder, check_writable
 from ddim.training.state import capture, restore
@@ -85,7 +85,7 @@ def train(
     resume: bool = False,
     progress: bool = True,
     dataset: Dataset | None = None,
-    compile: bool | None = None,
+    compile: bool = False,
 ) -> Path:
     """Train `run` and write its logs, sample grids and checkpoints under `out_dir`; return the
     newest checkpoint folder. `dataset` (any Dataset under ddim.data's contract) replaces
@@ -116,7 +116,7 @@ def _train(
     resume: bool,
     progress: bool,
     dataset: Dataset | None,
-    compile_net: bool | None,
+    compile_net: bool,
 ) -> Path:
     cfg, main, rank_world = run.train, is_main_process(), (rank(), world_size())
     ckpt_root = out_dir / CHECKPOINTS
@@ -161,7 +161,7 @@ def _train(
         position = state["data_position"]
     model.to(device).train()
     ema.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = adamw(model.parameters(), cfg.lr, cfg.weight_decay, device)
     if state is not None:
         restore(state, last_saved / "state.pt", optimizer, data_gen, noise_gen)
     batches = Batches(dataset, seed_for(cfg.seed, _DATA_ORDER), cfg.micro_batch, position, cfg.num_workers)
@@ -170,7 +170,7 @@ def _train(
     if is_distributed():  # gradients are averaged over the processes (DDP all-reduce)
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
-    forward = compile_model(net, device, compile_net, cfg.steps)  # --compile (None: auto)
+    forward = compile_model(net, compile_net)  # --compile
     num_classes = run.model.num_classes
     max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
 
