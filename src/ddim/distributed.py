@@ -73,10 +73,18 @@ def share_bounds(global_size: int, what: str = "batch") -> tuple[int, int]:
     return rank() * share, (rank() + 1) * share
 
 
-def split_range(n: int) -> tuple[int, int]:
-    """(start, stop) of this rank's share of n items, the shares as equal as possible."""
+def batches_by_round(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """(start, stop) of this rank's batch in each round. Batch j of the n items goes to rank
+    j % world, so round r's batches, gathered in rank order, are the next world * batch_size
+    items in order, and rank 0 can write them as they come. Every rank has the same number of
+    rounds; a rank with no batch left in the last round gets an empty range."""
     world, r = world_size(), rank()
-    return r * n // world, (r + 1) * n // world
+    rounds = -(-n // (batch_size * world))
+    bounds = []
+    for k in range(rounds):
+        first = min((k * world + r) * batch_size, n)
+        bounds.append((first, min(first + batch_size, n)))
+    return bounds
 
 
 def gather_on_main(part: Tensor) -> Tensor | None:

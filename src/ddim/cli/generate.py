@@ -5,10 +5,12 @@ pipeline (`ddim.load`), so Python gives the same images for the same options and
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ddim.cli._common import (
     TRAJECTORY_SAMPLES,
@@ -24,7 +26,7 @@ from ddim.cli._common import (
 )
 from ddim.cli.outputs import NpzWriter, check_file, check_folder, write_pngs
 from ddim.data import to_uint8
-from ddim.distributed import gather_on_main, is_distributed, is_main_process, split_range
+from ddim.distributed import batches_by_round, gather_on_main, is_distributed, is_main_process
 from ddim.errors import BadValue, MissingFile
 from ddim.images import save_grid, save_trajectory_strip
 from ddim.inputs import read_images
@@ -162,26 +164,39 @@ def _save(images: torch.Tensor, args: argparse.Namespace) -> None:
     say(args, f"wrote {save_grid(images[:GRID_MAX], args.out)} ({len(images)} images)")
 
 
-def _stream(pipe: Pipeline, args: argparse.Namespace, options: dict) -> torch.Tensor:
+def _batches(pipe: Pipeline, args: argparse.Namespace, options: dict) -> Iterator[torch.Tensor]:
+    """The --n images, a batch at a time in image order. Under torchrun the ranks take turns
+    batch by batch (`batches_by_round`) and rank 0 gets each round's batches gathered, so it
+    holds one round at a time; the other ranks get nothing."""
+    if not is_distributed():
+        yield from pipe.sample_batches(args.n, output="tensor", **options)
+        return
+    empty = torch.zeros(0, *pipe.image_shape)
+    one_batch = dict(options, progress=False)
+    with tqdm(
+        total=args.n, desc="sampling", unit="image", disable=not options["progress"], leave=False
+    ) as bar:
+        for first, stop in batches_by_round(args.n, args.batch_size):
+            part = (
+                pipe.sample(stop - first, start=first, output="tensor", **one_batch)
+                if stop > first
+                else empty
+            )
+            images = gather_on_main(part)
+            if images is not None:
+                bar.update(len(images))
+                yield images
+
+
+def _stream(pipe: Pipeline, args: argparse.Namespace, options: dict) -> torch.Tensor | None:
     """The --n images in batches: each batch to the npz, then to --out-dir; returns the first
-    GRID_MAX for the grid. Under torchrun each rank makes its share and rank 0 writes them all."""
+    GRID_MAX for the grid (None on a rank other than 0, which writes nothing)."""
+    main = is_main_process()
     shape = (args.n, *pipe.image_shape[1:], pipe.image_shape[0])
-    if is_distributed():
-        first, stop = split_range(args.n)
-        part = pipe.sample(stop - first, start=first, output="tensor", **options)
-        images = gather_on_main(part)
-        if is_main_process():
-            if args.npz:
-                with NpzWriter(args.npz, shape) as writer:
-                    writer.write(to_uint8(images))
-                    writer.close()
-            if args.out_dir:
-                write_pngs(to_uint8(images), args.out_dir, args.seed, 0)
-        return images[:GRID_MAX] if images is not None else None
     grid, start = [], 0
-    writer = NpzWriter(args.npz, shape) if args.npz else None
+    writer = NpzWriter(args.npz, shape) if args.npz and main else None
     try:
-        for batch in pipe.sample_batches(args.n, output="tensor", **options):
+        for batch in _batches(pipe, args, options):
             pixels = to_uint8(batch)
             if writer:
                 writer.write(pixels)
@@ -196,7 +211,7 @@ def _stream(pipe: Pipeline, args: argparse.Namespace, options: dict) -> torch.Te
         if writer:
             writer.abort()
         raise
-    return torch.cat(grid)
+    return torch.cat(grid) if main else None
 
 
 def run_sample(args: argparse.Namespace) -> None:
