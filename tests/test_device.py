@@ -144,26 +144,24 @@ def test_the_governor_follows_other_processes(monkeypatch):
 
 
 def test_compile_model_caches_under_the_ddim_cache_dir(monkeypatch, tmp_path):
-    from ddim.models.compile import compile_model, compile_pays
+    from ddim.models.compile import compile_model
 
     monkeypatch.setenv("DDIM_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     net = torch.nn.Linear(2, 2)
-    assert compile_model(net, "cpu", enabled=False) is net
-    assert compile_model(net, "cpu", enabled=None) is net  # auto: sampling is not compiled
-    assert not compile_pays("cpu", 5000) and not compile_pays("cuda", 5000)  # opt-in for now
+    assert compile_model(net, enabled=False) is net
     calls = []
     monkeypatch.setattr(torch, "compile", lambda model, **kw: calls.append(kw) or ("compiled", model))
-    assert compile_model(net, "cpu", enabled=True) == ("compiled", net)
+    assert compile_model(net) == ("compiled", net)
     assert calls == [{"dynamic": False}]
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # torch's own default: replaced
-    compile_model(net, "cpu", enabled=True)
+    compile_model(net)
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))  # the user's: kept
-    compile_model(net, "cpu", enabled=True)
+    compile_model(net)
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
 
 

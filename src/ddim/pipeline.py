@@ -238,7 +238,7 @@ def load(
     if is_diffusers_folder(path):
         d = load_diffusers(path, device)
         return Pipeline(
-            compile_model(d.model, device, compile),
+            compile_model(d.model, compile),
             d.schedule,
             d.prediction,
             d.image_shape,
@@ -250,7 +250,7 @@ def load(
     ckpt = load_checkpoint(path, use_ema=use_ema, device=device)
     files = (ckpt.path / (EMA if use_ema else MODEL),)
     return Pipeline(
-        compile_model(ckpt.model, device, compile),
+        compile_model(ckpt.model, compile),
         ckpt.schedule,
         ckpt.prediction,
         ckpt.image_shape,

@@ -144,7 +144,13 @@ def add_checkpoint_options(parser: argparse.ArgumentParser, steps_help: str | No
         "--no-ema", action="store_true", help="use the raw weights instead of the EMA weights"
     )
     parser.add_argument("--bf16", action="store_true", help="run the network under bfloat16 autocast")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the network")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the network: on a CPU about 1.5x a model call after a first compile of "
+        "about a minute (5 s once cached), so it pays beyond about 2,000 calls (batches x steps); "
+        "images round slightly differently from eager (docs/performance.md)",
+    )
     add_run_options(parser)
 
 
