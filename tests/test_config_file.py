@@ -151,13 +151,15 @@ def test_a_bad_file_is_one_line_naming_it_and_the_key(tmp_path, capsys, name, te
     path.write_bytes(text.encode("utf-8", "surrogateescape"))
     assert run("train", "--out", tmp_path / "r", "--config", path, "--dry-run") == 2
     err = capsys.readouterr().err
-    assert f"--config {path}" in err and message in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"ddim train: error: --config {path}"), err
+    assert message in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_a_missing_file_is_one_line(tmp_path, capsys):
     assert run("sample", "--config", tmp_path / "none.toml", "--dry-run") == 2
     err = capsys.readouterr().err
-    assert f"--config {tmp_path / 'none.toml'} does not exist" in err and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"ddim sample: error: --config {tmp_path / 'none.toml'} does not exist"), err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_the_command_reads_its_dry_run_back_in_a_subprocess(tmp_path):

@@ -81,11 +81,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _run(argv: Sequence[str] | None) -> int:
-    try:
-        args = _parse(argv)
-    except DdimError as e:  # --config FILE, read while parsing
-        print(f"ddim: error: {e}", file=sys.stderr)
-        return e.exit_status
+    args = _parse(argv)
     if hasattr(signal, "SIGXFSZ"):  # past `ulimit -f`, a write fails with EFBIG instead of killing us
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:

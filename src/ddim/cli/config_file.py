@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ddim.errors import BadFile, MissingFile
+from ddim.errors import BadFile, DdimError, MissingFile
 
 try:
     import tomllib
@@ -132,10 +132,14 @@ def config_defaults(parser: argparse.ArgumentParser, path: str | Path) -> dict[s
 
 class ConfigAction(argparse.Action):
     """--config FILE: the file's values become the command's defaults and its required flags
-    optional when the file gives them; `ddim.cli.main` parses again with them in place."""
+    optional when the file gives them; `ddim.cli.main` parses again with them in place. A file it
+    cannot use ends the parse as a bad flag does: `ddim train: error: --config ...`, status 2."""
 
     def __call__(self, parser, namespace, path, option_string=None) -> None:
-        defaults = config_defaults(parser, path)
+        try:
+            defaults = config_defaults(parser, path)
+        except DdimError as e:
+            parser.exit(e.exit_status, f"{parser.prog}: error: {e}\n")
         parser.set_defaults(**defaults)
         for action in parser._actions:
             if action.dest in defaults:
