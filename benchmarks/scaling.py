@@ -1,6 +1,7 @@
 """Cost as work grows, on this machine with one thread: training and sampling throughput of the
 default UNet (UNetConfig(), 1 channel) against batch size and resolution, and the peak memory of
-`ddim sample` against --n (each a fresh process under /usr/bin/time -v). Prints tables and, with
+`ddim sample --npz` and of `ddim eval` on its npz against --n (each a fresh process under
+/usr/bin/time -v). Prints tables and, with
 --plot, writes docs/performance/scaling.png.
 
 Run: OMP_NUM_THREADS=1 python benchmarks/scaling.py --sizes 16 32 64 --batches 8 32 --plot \
@@ -54,15 +55,27 @@ def throughput(size: int, batch: int, steps: int) -> tuple[float, float]:
     return rates[0], rates[1]
 
 
-def peak_rss_mb(run: str, n: int, steps: int) -> float:
-    """Peak resident memory of `ddim sample --n n` (its npz written to a temporary folder)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        ddim_cli = str(Path(sys.executable).parent / "ddim")
-        cmd = ["/usr/bin/time", "-v", ddim_cli, "sample", "--checkpoint", run,
-               "--n", str(n), "--steps", str(steps), "--batch-size", "64", "--device", "cpu",
-               "--out", f"{tmp}/grid.png", "--npz", f"{tmp}/x.npz"]  # fmt: skip
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+def peak_rss_mb(*command: str) -> float:
+    """Peak resident memory of `ddim COMMAND...`, a fresh process under /usr/bin/time -v."""
+    ddim_cli = str(Path(sys.executable).parent / "ddim")
+    out = subprocess.run(
+        ["/usr/bin/time", "-v", ddim_cli, *command], capture_output=True, text=True, check=True
+    )
     return int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", out.stderr).group(1)) / 1024
+
+
+def memory_rows(run: str, counts: list[int], steps: int) -> None:
+    """Peak memory of `ddim sample --n N --npz` and of `ddim eval` on that npz, against N."""
+    print("\n| --n | ddim sample peak RSS MB | ddim eval peak RSS MB |\n|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in counts:
+            npz = f"{tmp}/{n}.npz"
+            sample = peak_rss_mb("sample", "--checkpoint", run, "--n", str(n), "--steps", str(steps),
+                                 "--batch-size", "64", "--device", "cpu", "--out", f"{tmp}/grid.png",
+                                 "--npz", npz, "--quiet")  # fmt: skip
+            score = peak_rss_mb("eval", "--samples", npz, "--reference", "digits", "--n-reference", "1000",
+                                "--cache-dir", f"{tmp}/cache", "--device", "cpu", "--quiet")  # fmt: skip
+            print(f"| {n} | {sample:.0f} | {score:.0f} |", flush=True)
 
 
 def main() -> None:
@@ -71,7 +84,7 @@ def main() -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[8, 32])
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--plot", action="store_true")
-    p.add_argument("--memory", default=None, help="a run folder: measure `ddim sample` peak memory")
+    p.add_argument("--memory", default=None, help="a run folder: measure sample and eval peak memory")
     p.add_argument("--n", type=int, nargs="+", default=[64, 256, 1024])
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -106,9 +119,7 @@ def main() -> None:
         fig.savefig(out, dpi=100)
         print(f"\nplot: {out}")
     if args.memory:
-        print("\n| ddim sample --n | peak RSS MB |\n|---:|---:|")
-        for n in args.n:
-            print(f"| {n} | {peak_rss_mb(args.memory, n, 2):.0f} |", flush=True)
+        memory_rows(args.memory, args.n, 2)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Evaluation: sample-quality metrics (FID, KID, precision/recall) on pluggable image features.
 
 `evaluate(samples, reference, features)` is the entry point; `metrics` holds the metrics on
-feature arrays, `features` the extractors (the shipped digit classifier, FID Inception-v3).
+feature arrays, `features` the extractors (the shipped digit classifier, FID Inception-v3),
+`samples` the reading of the images to score, a batch at a time.
 """
 
 from ddim.evaluation.features import (
@@ -18,10 +19,10 @@ from ddim.evaluation.metrics import (
     feature_statistics,
     frechet_distance,
     kid,
-    load_samples,
     precision_recall,
     reference_features,
 )
+from ddim.evaluation.samples import NpzImages, load_samples, open_samples
 
 __all__ = [
     "DigitClassifier",
@@ -36,6 +37,8 @@ __all__ = [
     "get_features",
     "kid",
     "load_samples",
+    "NpzImages",
+    "open_samples",
     "precision_recall",
     "reference_features",
 ]

@@ -214,12 +214,13 @@ def get_features(name: str | FeatureFn, **kwargs: object) -> FeatureFn:
 
 
 def embed(features: FeatureFn, images: Tensor | Dataset, batch_size: int = 250) -> Tensor:
-    """Run `features` over `images` ([N, C, H, W] in [-1, 1], or a dataset of (image, label)) in
+    """Run `features` over `images` ([N, C, H, W] in [-1, 1]: a tensor or anything sliced like
+    one, such as `ddim.evaluation.samples.NpzImages`; or a dataset of (image, label)) in
     batches; returns float32 [N, D] on the CPU."""
     n = len(images)
     out = []
     for start in range(0, n, batch_size):
-        if isinstance(images, Tensor):
+        if not isinstance(images, Dataset):
             batch = images[start : start + batch_size]
         else:
             batch = torch.stack([images[i][0] for i in range(start, min(n, start + batch_size))])

@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import re
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +23,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ddim.data import DATASET_NAMES, ImageFolder, load_dataset, load_images, normalize
+from ddim.data import DATASET_NAMES, ImageFolder, load_dataset
 from ddim.data.idx import is_idx_folder
-from ddim.errors import BadFile, BadValue, MissingFile
+from ddim.errors import BadValue
 from ddim.evaluation.features import FeatureFn, embed, get_features
+from ddim.evaluation.samples import NpzImages, open_samples, sample_shape
 
 ArrayLike = Tensor | np.ndarray
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "ddim" / "reference"
@@ -149,44 +149,6 @@ def compute_metrics(
     }
 
 
-def load_samples(samples: Tensor | str | os.PathLike) -> Tensor:
-    """Samples as float32 [N, C, H, W] in [-1, 1], from a tensor, a folder of images (all of one
-    size, decoded by `ddim.data.load_images`) or an .npz. An .npz holds an array named "images"
-    (as `ddim sample --npz` writes) or "samples", or a single array of any name: uint8
-    [N, H, W, C] or [N, H, W] (`ddim.data.to_uint8`'s layout), or floats [N, C, H, W] in [-1, 1]."""
-    if isinstance(samples, Tensor):
-        x = samples.detach().float().cpu()
-    elif Path(samples).is_dir():
-        x = load_images(samples)[0]
-    elif not Path(samples).is_file():
-        raise MissingFile(f"{samples} does not exist; pass an .npz (ddim sample --npz) or a folder of images")
-    else:
-        array = _read_npz(Path(samples))
-        x = torch.from_numpy(array)
-        if x.dtype == torch.uint8:
-            x = normalize(x.unsqueeze(-1) if x.ndim == 3 else x).movedim(-1, 1)
-    if x.ndim != 4 or not x.is_floating_point():
-        raise BadValue(f"samples must be images [N, C, H, W], got {x.dtype} of shape {tuple(x.shape)}")
-    return x.float()
-
-
-def _read_npz(path: Path) -> np.ndarray:
-    """The images array of an .npz; a damaged or foreign file is one line naming it."""
-    try:
-        with np.load(path) as npz:
-            names = [k for k in ("images", "samples") if k in npz.files] or npz.files
-            if len(names) != 1:
-                raise BadFile(f"{path} holds {npz.files}; expected 'images', 'samples' or a single array")
-            return npz[names[0]]
-    except (OSError, ValueError, EOFError, AttributeError, zipfile.BadZipFile) as e:
-        if isinstance(e, BadFile):
-            raise
-        reason = " ".join(str(e).split()) or type(e).__name__
-        raise BadFile(
-            f"cannot read {path} as an .npz ({reason}); pass one written by ddim sample --npz"
-        ) from e
-
-
 def check_reference_size(reference: str | os.PathLike | Dataset, size: tuple[int, int]) -> None:
     """Refuse samples whose size differs from a reference folder of images: scoring them would
     resize the real images and measure the resizing. Named datasets and IDX folders are loaded
@@ -284,10 +246,11 @@ def evaluate(
     """FID, KID (mean, std), precision and recall of `samples` against `reference`, each with its
     real-vs-real floor.
 
-    `samples`: images [N, C, H, W] in [-1, 1], an .npz or a folder of images (see
-    `load_samples`). `reference`: a dataset name or folder (`ddim.data.load_dataset`, loaded at
-    the samples' size and channels, `split` and `root` passed on; a folder of images must hold
-    images of the samples' size, see `check_reference_size`) or a `Dataset`. `features`:
+    `samples`: images [N, C, H, W] in [-1, 1], an .npz or a folder of images, read a batch at a
+    time (see `ddim.evaluation.samples`). `reference`: a dataset name or folder
+    (`ddim.data.load_dataset`, loaded at the samples' size and channels, `split` and `root`
+    passed on; a folder of images must hold images of the samples' size, see
+    `check_reference_size`) or a `Dataset`. `features`:
     "digits", "inception" or a callable (see `ddim.evaluation.features`).
 
     The floor: `n_reference` reference images (capped at the dataset's size) are split into two
@@ -299,15 +262,20 @@ def evaluate(
     Returns floats keyed fid, kid, kid_std, precision, recall, each also with "_floor", and the
     counts n_samples, n_reference (= |A|) and n_floor.
     """
-    images = load_samples(samples)
+    images = open_samples(samples)  # read a batch at a time: memory stays flat for any N
     fn = get_features(features)
-    size, channels = tuple(images.shape[-2:]), images.shape[1]
+    channels, *size = sample_shape(images)
+    size = tuple(size)
     check_reference_size(reference, size)
     ref = reference_features(
         reference, fn, size=size, channels=channels, n_reference=n_reference, split=split, root=root,
         seed=seed, cache_dir=cache_dir, batch_size=batch_size,
     )  # fmt: skip
-    fake = embed(fn, images, batch_size)
+    try:
+        fake = embed(fn, images, batch_size)
+    finally:
+        if isinstance(images, NpzImages):
+            images.close()
     n_floor = min(len(fake), len(ref["b"]))
     options = dict(
         real_stats=(ref["mu"], ref["sigma"]),
