@@ -110,6 +110,11 @@ def test_precision_recall_point_clouds():
     precision, recall = precision_recall(two_clusters, a[:150])  # fake: part of one cluster
     assert precision == 1.0
     assert recall < 0.55
+    noisy = a[:150] + 0.3 * torch.randn(150, 2, generator=g)  # partly covered both ways
+    figures = precision_recall(two_clusters, noisy)
+    assert 0 < min(figures) and max(figures) < 1
+    for distances in (1, 450, 10**6):  # row blocks of 1, of a few, of all: the same figures
+        assert precision_recall(two_clusters, noisy, distances=distances) == figures
 
 
 # ---- digit features -------------------------------------------------------------------------------

@@ -99,29 +99,37 @@ def kid(
     return float(v.mean()), float(v.std(correction=0))
 
 
-def _knn_radii(x: Tensor, k: int, chunk: int) -> Tensor:
+def _rows(against: Tensor, distances: int) -> int:
+    """Rows per block so that a block's distances to `against` number about `distances`."""
+    return max(1, distances // len(against))
+
+
+def _knn_radii(x: Tensor, k: int, distances: int) -> Tensor:
     """Distance from each row of x to its k-th nearest other row (the k+1-th counts itself)."""
-    return torch.cat([torch.cdist(c, x).kthvalue(k + 1, dim=1).values for c in x.split(chunk)])
+    blocks = x.split(_rows(x, distances))
+    return torch.cat([torch.cdist(c, x).kthvalue(k + 1, dim=1).values for c in blocks])
 
 
-def _covered(points: Tensor, centres: Tensor, radii: Tensor, chunk: int) -> float:
+def _covered(points: Tensor, centres: Tensor, radii: Tensor, distances: int) -> float:
     """Fraction of `points` inside at least one ball (centre, radius)."""
-    inside = [(torch.cdist(c, centres) <= radii).any(1) for c in points.split(chunk)]
+    blocks = points.split(_rows(centres, distances))
+    inside = [(torch.cdist(c, centres) <= radii).any(1) for c in blocks]
     return float(torch.cat(inside).double().mean())
 
 
 def precision_recall(
-    real: ArrayLike, fake: ArrayLike, *, k: int = 3, chunk: int = 1024
+    real: ArrayLike, fake: ArrayLike, *, k: int = 3, distances: int = 2**22
 ) -> tuple[float, float]:
     """Improved precision and recall (Kynkaenniemi et al. 2019): each set's manifold is the union
     of balls around its points, radius = distance to the k-th nearest neighbour in the same set.
     precision = fraction of fake inside the real manifold; recall = fraction of real inside the
-    fake manifold."""
+    fake manifold. Distances are computed in blocks of about `distances` (32 MB in float64), so
+    memory does not grow with the square of the set sizes."""
     real, fake = _f64(real), _f64(fake)
     if min(len(real), len(fake)) <= k:
         raise BadValue(f"need more than k = {k} points in each set, got {len(real)} and {len(fake)}")
-    precision = _covered(fake, real, _knn_radii(real, k, chunk), chunk)
-    recall = _covered(real, fake, _knn_radii(fake, k, chunk), chunk)
+    precision = _covered(fake, real, _knn_radii(real, k, distances), distances)
+    recall = _covered(real, fake, _knn_radii(fake, k, distances), distances)
     return precision, recall
 
 
