@@ -165,8 +165,9 @@ def test_compile_model_caches_under_the_ddim_cache_dir(monkeypatch, tmp_path):
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
 
 
-def test_compile_reaches_training_and_loading(monkeypatch, trained_run, tmp_path):
-    """--compile / compile=True wrap the network that the training loss and the pipeline call."""
+def test_compile_reaches_training_and_loading(monkeypatch, trained_run, tmp_path, capsys):
+    """--compile / compile=True wrap the network that the training loss and the pipeline call;
+    the command says first that the first step will wait."""
     from ddim.cli import main
 
     compiled = []
@@ -180,5 +181,11 @@ def test_compile_reaches_training_and_loading(monkeypatch, trained_run, tmp_path
     argv = ["train", "--data", "digits", "--out", out, "--size", "8", "--base-channels", "8",
             "--channel-mult", "1,2", "--timesteps", "20", "--batch-size", "4", "--steps", "1",
             "--sample-every", "0", "--device", "cpu", "--compile"]  # fmt: skip
+    capsys.readouterr()
     assert main(argv) == 0
     assert compiled == ["UNet", "UNet"]
+    assert "compiling the network (--compile)" in capsys.readouterr().out
+    grid = str(tmp_path / "grid.png")
+    assert main(["sample", "--checkpoint", out, "--n", "2", "--steps", "2", "--out", grid, "--compile"]) == 0
+    assert compiled == ["UNet", "UNet", "UNet"]
+    assert "compiling the network (--compile)" in capsys.readouterr().out

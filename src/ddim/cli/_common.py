@@ -184,9 +184,17 @@ def dry_run(args: argparse.Namespace, **extra: Any) -> bool:
     return args.dry_run
 
 
+COMPILING = (
+    "compiling the network (--compile): the first model call waits about 1-2 minutes on a CPU, "
+    "about 5 s when an earlier run cached the same graphs"
+)
+
+
 def open_pipeline(args: argparse.Namespace) -> Pipeline:
     """`ddim.load(--checkpoint)` on --device (joining the process group under torchrun), EMA
-    weights unless --no-ema, bf16 autocast with --bf16."""
+    weights unless --no-ema, bf16 autocast with --bf16, torch.compile with --compile."""
     device = init_from_env(resolve_device(args.device))
     compile = getattr(args, "compile", False)
+    if compile:
+        say(args, COMPILING)
     return load(args.checkpoint, device=device, use_ema=not args.no_ema, bf16=args.bf16, compile=compile)

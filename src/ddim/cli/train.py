@@ -15,6 +15,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from ddim.cli._common import (
+    COMPILING,
     TRAJECTORY_SAMPLES,
     add_config_options,
     add_run_options,
@@ -283,6 +284,8 @@ def run_train(args: argparse.Namespace) -> None:
         print_dry_run(args, run.to_dict(), **resolved_flags(run))
         return
     progress = not args.quiet
+    if args.compile:
+        say(args, COMPILING)
     checkpoint = train(
         run, args.out, resume=args.resume, dataset=dataset, compile=args.compile, progress=progress
     )
