@@ -78,3 +78,35 @@ def test_cuda_sampling_equals_the_cpu_with_philox_noise():
         noise = PerSampleNoise.from_seed(2, 16, stream=1, philox=True)
         runs.append(ddim.sample(model, x_T, schedule, 10, eta=1.0, generator=noise).cpu())
     assert torch.allclose(runs[0], runs[1], atol=1e-5)
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_training_with_bf16_and_the_fused_optimizer_resumes(tmp_path):
+    """ddim's training loop on the GPU: bf16 autocast, AdamW fused on CUDA, a checkpoint that
+    resumes; the weights stay finite and match a straight run (CUDA kernels may round
+    differently from run to run, so within a tolerance)."""
+    from safetensors.torch import load_file
+
+    from ddim.config import DiffusionConfig, RunConfig, TrainConfig
+    from ddim.data import DataConfig
+    from ddim.training import train
+    from ddim.training.checkpoint import read_state
+
+    def run(steps: int) -> RunConfig:
+        return RunConfig(
+            model=UNetConfig(base_channels=8, channel_mult=(1, 2), groups=4, num_heads=2),
+            diffusion=DiffusionConfig(timesteps=50),
+            data=DataConfig(dataset="digits", size=8),
+            train=TrainConfig(steps=steps, batch_size=8, sample_every=0, checkpoint_every=0, log_every=0,
+                              bf16=True, device="cuda"),
+        )  # fmt: skip
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    last = train(run(3), straight, progress=False)
+    train(run(2), resumed, progress=False)
+    again = train(run(3), resumed, resume=True, progress=False)
+    assert read_state(last, 3)["optimizer"]["param_groups"][0]["fused"]
+    a, b = load_file(last / "model.safetensors"), load_file(again / "model.safetensors")
+    assert all(torch.isfinite(a[k]).all() for k in a)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3
