@@ -92,8 +92,9 @@ def train(
     `run.data`. With `resume`, continue from the newest intact checkpoint in `out_dir` (its model
     and diffusion config and its data must match; `train.steps` may be raised to train longer);
     without it, `out_dir` must hold no checkpoints. Seeds torch's global RNG with `train.seed`.
-    Raises `ddim.errors.Stopped` after saving on SIGINT/SIGTERM, and any error raised during a
-    step after saving the last completed step (its message then says where)."""
+    `compile` torch.compiles the UNet (`ddim.models.compile`). Raises `ddim.errors.Stopped`
+    after saving on SIGINT/SIGTERM, and any error raised during a step after saving the last
+    completed step (its message then says where)."""
     out_dir = Path(out_dir)
     device = init_from_env(resolve_device(run.train.device))
     with contextlib.ExitStack() as stack:
