@@ -1,8 +1,7 @@
 """Cost as work grows, on this machine with one thread: training and sampling throughput of the
 default UNet (UNetConfig(), 1 channel) against batch size and resolution, and the peak memory of
 `ddim sample --npz` and of `ddim eval` on its npz against --n (each a fresh process under
-/usr/bin/time -v). Prints tables and, with
---plot, writes docs/performance/scaling.png.
+/usr/bin/time -v). Prints tables and, with --plot, writes docs/performance/scaling.png.
 
 Run: OMP_NUM_THREADS=1 python benchmarks/scaling.py --sizes 16 32 64 --batches 8 32 --plot \
          [--memory RUN --n 64 256 1024]
