@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import signal
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
@@ -64,6 +65,7 @@ from ddim.training.checkpoint import (
 from ddim.training.ema import ema_decay_at, ema_update
 from ddim.training.log import TrainLog
 from ddim.training.optim import adamw, lr_at
+from ddim.training.parts import backward_in_parts, parts_for
 from ddim.training.preview import sample_images
 from ddim.training.run_folder import RunFolder, check_writable
 from ddim.training.state import capture, restore
@@ -170,8 +172,31 @@ def _train(
     net = model
     if is_distributed():  # gradients are averaged over the processes (DDP all-reduce)
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
     forward = compile_model(net, compile_net)  # --compile
+    trained = list(model.parameters())
+    whole = net is not model or compile_net or run.model.dropout > 0  # see ddim.training.parts
+
+    def micro_loss(x0: Tensor, kwargs: dict | None, parts: int, part: int, gen: torch.Generator) -> Tensor:
+        """The mean loss of the part-th of `parts` shares of the micro-batch x0, over parts and
+        grad_accum; its randomness is that share's of the whole global batch."""
+        share = slice(part * len(x0) // parts, (part + 1) * len(x0) // parts)
+        r, k = rank_world
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            loss = diffusion_loss(
+                forward,
+                x0[share],
+                schedule,
+                prediction=run.diffusion.prediction,
+                weighting=cfg.weighting,
+                min_snr_gamma=cfg.min_snr_gamma,
+                offset_noise=cfg.offset_noise,
+                self_condition=run.model.self_condition,
+                generator=gen,
+                model_kwargs=None if kwargs is None else {"y": kwargs["y"][share]},
+                rank_world=(r * parts + part, k * parts),
+            )
+        return loss.mean() / (parts * cfg.grad_accum)
+
     num_classes = run.model.num_classes
     max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
 
@@ -202,6 +227,7 @@ def _train(
                     group["lr"] = lr
                 optimizer.zero_grad(set_to_none=True)
                 step_loss = 0.0
+                parts = parts_for(device, cfg.micro_batch, whole)  # the CPU cores share it (.parts)
                 for micro in range(cfg.grad_accum):
                     x0, labels = batches.next(data_gen)
                     kwargs = None
@@ -209,24 +235,11 @@ def _train(
                         n, (r, k) = len(labels), rank_world
                         drop = torch.rand(n * k, generator=data_gen)[r * n : (r + 1) * n] < cfg.label_dropout
                         kwargs = {"y": torch.where(drop, num_classes, labels).to(device)}
+                    loss_of = functools.partial(micro_loss, x0.to(device, non_blocking=True), kwargs, parts)
                     last = micro == cfg.grad_accum - 1
                     sync = net.no_sync() if net is not model and not last else contextlib.nullcontext()
-                    with sync, autocast:
-                        loss = diffusion_loss(
-                            forward,
-                            x0.to(device, non_blocking=True),
-                            schedule,
-                            prediction=run.diffusion.prediction,
-                            weighting=cfg.weighting,
-                            min_snr_gamma=cfg.min_snr_gamma,
-                            offset_noise=cfg.offset_noise,
-                            self_condition=run.model.self_condition,
-                            generator=noise_gen,
-                            model_kwargs=kwargs,
-                            rank_world=rank_world,
-                        ).mean()
-                        (loss / cfg.grad_accum).backward()
-                    step_loss = step_loss + loss.detach() / cfg.grad_accum
+                    with sync:
+                        step_loss = step_loss + backward_in_parts(loss_of, parts, noise_gen, trained)
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
                 # one sync a step: a non-finite loss or gradient, or a stop signal on any process
                 flags = torch.stack([~torch.isfinite(step_loss), ~torch.isfinite(grad_norm)]).float()

@@ -1,0 +1,79 @@
+"""A micro-batch's backward pass in parts, one thread each: how a CPU's cores share a step.
+
+On a CPU, torch splits every op across its threads, so the cores meet at a barrier after each
+op and one waits for the other at every step of the UNet (17% of a 2-core training step's CPU
+time is spent in OpenMP's waits, by `perf`). `backward_in_parts` instead gives each of `parts`
+threads an equal share of the micro-batch to run forward and backward on from start to end, its
+ops using the threads left over (`torch.get_num_threads() // parts`), and meets once, to add
+the gradients: on 2 cores a whole training step is 1.07x faster at 16x16 and 1.17x at 32x32
+(`benchmarks/train_throughput.py`, see docs/performance.md).
+
+The result is the whole micro-batch's, to float rounding (the gradients are summed in another
+order): each part draws its noise and timesteps as the share of a larger batch
+(`diffusion_loss`'s `rank_world`), from a copy of the step's generator, so every example gets
+what it would get in one piece; the parts' gradients are added in the order of the parts, so the
+result does not depend on which thread finishes first.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+from torch import Tensor
+
+
+def parts_for(device: torch.device, micro_batch: int, whole: bool) -> int:
+    """How many parts a micro-batch is split into: 2 on a CPU with at least 2 threads and an even
+    micro-batch, unless it must stay `whole`: under DistributedDataParallel (its all-reduce hooks
+    want one backward call), torch.compile (graphs compiled concurrently) or dropout (its masks
+    come from torch's global generator, in whatever order the threads ask). 2 and not more:
+    each part's Python work holds the GIL, and only 2 cores were measured."""
+    usable = device.type == "cpu" and torch.get_num_threads() >= 2 and micro_batch % 2 == 0
+    return 2 if usable and not whole else 1
+
+
+def backward_in_parts(
+    loss_of: Callable[[int, torch.Generator], Tensor],
+    parts: int,
+    generator: torch.Generator,
+    params: list[Tensor],
+) -> Tensor:
+    """Backward of the sum of loss_of(j, gen) over the parts j; returns that sum, detached.
+
+    One part: loss_of(0, generator).backward() here, hooks and all. More: part j runs on its own
+    thread with a copy of `generator` and single-threaded ops (or threads // parts), its
+    gradients taken by torch.autograd.grad and added to `params`' .grad in the order j = 0, 1,
+    ...; `generator` then continues from where the copies ended, which must be one state (every
+    part draws the randomness of the whole batch and keeps its share)."""
+    if parts == 1:
+        loss = loss_of(0, generator)
+        loss.backward()
+        return loss.detach()
+    copies = [torch.Generator(generator.device) for _ in range(parts)]
+    for copy in copies:
+        copy.set_state(generator.get_state())
+
+    def part(j: int) -> tuple[Tensor, tuple[Tensor | None, ...]]:
+        loss = loss_of(j, copies[j])
+        return loss.detach(), torch.autograd.grad(loss, params, allow_unused=True)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads // parts))
+    try:
+        results = list(_pool(parts).map(part, range(parts)))
+    finally:
+        torch.set_num_threads(threads)
+    generator.set_state(copies[0].get_state())
+    for grads in (grads for _, grads in results):
+        for p, g in zip(params, grads):
+            if g is not None:
+                p.grad = g if p.grad is None else p.grad + g
+    return sum(loss for loss, _ in results)
+
+
+@functools.cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(workers, thread_name_prefix="ddim-part")
