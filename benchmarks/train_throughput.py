@@ -178,7 +178,7 @@ def main() -> None:
     x0 = torch.rand(args.batch, c, args.size, args.size) * 2 - 1
     flops = {}
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one part, so every op runs on this thread, where the counter is
+    torch.set_num_threads(1)  # so the parts run on this thread, where the counter is
     for name, (_, step) in entries.items():  # counted on an extra step, outside the timing
         with FlopCounterMode(display=False) as counter:
             step(x0)

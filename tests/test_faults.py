@@ -283,14 +283,15 @@ def test_an_image_that_fails_mid_run_saves_the_last_step(tmp_path):
 def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     from ddim.training import loop
 
-    real, calls = loop.diffusion_loss, []
+    real, calls = loop.backward_in_parts, []
 
-    def diverge_at_step_5(*args, **kwargs):
+    def diverge_at_step_5(loss_of, parts, generator, params):  # one call a step (no grad_accum)
         calls.append(1)
-        loss = real(*args, **kwargs)
-        return loss * float("nan") if len(calls) == 5 else loss
+        if len(calls) == 5:
+            return real(lambda j, gen: loss_of(j, gen) * float("nan"), parts, generator, params)
+        return real(loss_of, parts, generator, params)
 
-    monkeypatch.setattr(loop, "diffusion_loss", diverge_at_step_5)
+    monkeypatch.setattr(loop, "backward_in_parts", diverge_at_step_5)
     with pytest.raises(NonFinite, match=r"loss at step 5 is not finite.*saved step 4 in") as caught:
         train(_tiny_run(8, checkpoint_every=3), tmp_path, progress=False)
     assert "\n" not in str(caught.value)

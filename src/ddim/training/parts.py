@@ -2,17 +2,21 @@
 
 On a CPU, torch splits every op across its threads, so the cores meet at a barrier after each
 op and one waits for the other at every step of the UNet (17% of a 2-core training step's CPU
-time is spent in OpenMP's waits, by `perf`). `backward_in_parts` instead gives each of `parts`
-threads an equal share of the micro-batch to run forward and backward on from start to end, its
-ops using the threads left over (`torch.get_num_threads() // parts`), and meets once, to add
-the gradients: on 2 cores a whole training step is 1.07x faster at 16x16 and 1.17x at 32x32
-(`benchmarks/train_throughput.py`, see docs/performance.md).
+time is spent in OpenMP's waits, by `perf`). `backward_in_parts` instead gives each of the
+parts a thread of its own to run forward and backward on its share of the micro-batch from start
+to end, its ops using the threads left over (`torch.get_num_threads() // parts`), and the
+threads meet once, to add the gradients (`benchmarks/train_throughput.py`; figures in
+docs/performance.md, section 6).
 
-The result is the whole micro-batch's, to float rounding (the gradients are summed in another
-order): each part draws its noise and timesteps as the share of a larger batch
-(`diffusion_loss`'s `rank_world`), from a copy of the step's generator, so every example gets
-what it would get in one piece; the parts' gradients are added in the order of the parts, so the
-result does not depend on which thread finishes first.
+The result is the whole micro-batch's, to float rounding, and the same bits whatever the
+number of threads:
+- each part draws its timesteps and noise as its share of a larger batch (`diffusion_loss`'s
+  `rank_world`) from a copy of the step's generator, so every example gets what it would get in
+  one piece;
+- the parts' gradients are added in the order of the parts, whichever thread ends first;
+- a CPU always splits an even micro-batch in two (`parts_for`), and with one thread the parts
+  run one after the other, so a load that changes the thread count mid-run
+  (`ddim.device.adjust_threads`) changes only the speed.
 """
 
 from __future__ import annotations
@@ -26,13 +30,13 @@ from torch import Tensor
 
 
 def parts_for(device: torch.device, micro_batch: int, whole: bool) -> int:
-    """How many parts a micro-batch is split into: 2 on a CPU with at least 2 threads and an even
-    micro-batch, unless it must stay `whole`: under DistributedDataParallel (its all-reduce hooks
-    want one backward call), torch.compile (graphs compiled concurrently) or dropout (its masks
-    come from torch's global generator, in whatever order the threads ask). 2 and not more:
-    each part's Python work holds the GIL, and only 2 cores were measured."""
-    usable = device.type == "cpu" and torch.get_num_threads() >= 2 and micro_batch % 2 == 0
-    return 2 if usable and not whole else 1
+    """How many parts a micro-batch is split into: 2 on a CPU for an even micro-batch, unless it
+    must stay `whole`: under DistributedDataParallel (its all-reduce hooks want one backward
+    call), torch.compile (graphs compiled concurrently) or dropout (its masks come from torch's
+    global generator, in whatever order the threads ask). 2 and not more: each part's Python
+    work holds the GIL, and only 2 cores were measured. Not the thread count, which the load
+    changes: the parts are what the result depends on."""
+    return 2 if device.type == "cpu" and micro_batch % 2 == 0 and not whole else 1
 
 
 def backward_in_parts(
@@ -43,11 +47,12 @@ def backward_in_parts(
 ) -> Tensor:
     """Backward of the sum of loss_of(j, gen) over the parts j; returns that sum, detached.
 
-    One part: loss_of(0, generator).backward() here, hooks and all. More: part j runs on its own
-    thread with a copy of `generator` and single-threaded ops (or threads // parts), its
-    gradients taken by torch.autograd.grad and added to `params`' .grad in the order j = 0, 1,
-    ...; `generator` then continues from where the copies ended, which must be one state (every
-    part draws the randomness of the whole batch and keeps its share)."""
+    One part: loss_of(0, generator).backward() here, hooks and all. More: part j gets a copy of
+    `generator`, its gradients are taken by torch.autograd.grad and added to `params`' .grad in
+    the order j = 0, 1, ...; the parts run at once, a thread each with threads // parts threads
+    for their ops, when torch has a thread for each, else one after the other on this thread.
+    `generator` then continues from where the copies ended, which must be one state (every part
+    draws the randomness of the whole batch and keeps its share)."""
     if parts == 1:
         loss = loss_of(0, generator)
         loss.backward()
@@ -61,13 +66,16 @@ def backward_in_parts(
         return loss.detach(), torch.autograd.grad(loss, params, allow_unused=True)
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads // parts))
-    try:
-        results = list(_pool(parts).map(part, range(parts)))
-    finally:
-        torch.set_num_threads(threads)
+    if threads < parts:
+        results = [part(j) for j in range(parts)]
+    else:
+        torch.set_num_threads(threads // parts)
+        try:
+            results = list(_pool(parts).map(part, range(parts)))
+        finally:
+            torch.set_num_threads(threads)
     generator.set_state(copies[0].get_state())
-    for grads in (grads for _, grads in results):
+    for _, grads in results:
         for p, g in zip(params, grads):
             if g is not None:
                 p.grad = g if p.grad is None else p.grad + g
