@@ -19,7 +19,8 @@ checkpoint is written before its log line and sample grid; a non-finite loss or 
 the run before the optimizer uses it; SIGINT/SIGTERM (`stop.StopSignals`) and any error raised
 during a step save the last completed step first (`_rescue`), so `resume=True` continues it
 exactly. The pieces live beside it: `optim` (AdamW and the LR warm-up), `batches` (data order and
-fingerprint), `state` (RNG and optimizer state), `log`, `preview` (sample grids).
+fingerprint), `parts` (on a CPU, each micro-batch in two parts, a thread each, the same result
+whatever the thread count), `state` (RNG and optimizer state), `log`, `preview` (sample grids).
 """
 
 from __future__ import annotations
