@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ddim.cli.outputs import NpzWriter
+from ddim.cli.outputs import NpzWriter, write_pngs
 from ddim.data import load_dataset, to_uint8
 from ddim.errors import BadFile, BadValue
 from ddim.evaluation import NpzImages, load_samples
@@ -35,6 +35,16 @@ def test_npz_images_read_slices_as_np_load_does(tmp_path, save):
     torch.testing.assert_close(torch.cat([x[i : i + 8] for i in range(0, 37, 8)]), whole, rtol=0, atol=0)
     torch.testing.assert_close(x[5:9], whole[5:9], rtol=0, atol=0)  # out of order: seeks back
     x.close()
+
+
+def test_a_folder_of_images_loads_as_its_npz_does(tmp_path):
+    """`ddim sample --out-dir` PNGs and its .npz are the same samples."""
+    pixels = to_uint8(load_dataset("digits").images[:12])
+    write_pngs(pixels, tmp_path / "pngs", seed=0, start=0)
+    np.savez(tmp_path / "x.npz", images=pixels)
+    folder = load_samples(tmp_path / "pngs")
+    assert folder.shape == (12, 1, 16, 16)
+    torch.testing.assert_close(folder, load_samples(tmp_path / "x.npz"), rtol=0, atol=0)
 
 
 def test_a_damaged_npz_is_one_line_naming_it(tmp_path):

@@ -56,7 +56,7 @@ SECTIONS = {
 }
 # The demo: 16x16 digits on a 0.3M-parameter UNet, v-prediction with min-SNR weighting (the
 # cleanest digits for the time in trials at 1000 and 1500 steps against eps-prediction, larger
-# UNets and lr 2e-3). On 2 idle CPU cores a step takes about 0.15 s and the whole demo 4 minutes.
+# UNets and lr 2e-3). On 2 idle CPU cores a step takes 0.1-0.15 s and the whole demo 3-4 minutes.
 DEMO_MODEL = UNetConfig(in_channels=1, base_channels=16, channel_mult=(1, 2, 2))
 DEMO_DIFFUSION = DiffusionConfig(prediction="v")
 DEMO_TRAIN = TrainConfig(  # the "demo" recipe of docs/defaults.md, spelled out in full

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ddim.data import ImageFolder, normalize
+from ddim.data import ImageFolder, load_images, normalize
 from ddim.errors import BadFile, BadValue, MissingFile
 
 NPZ_KEYS = ("images", "samples")  # `ddim sample --npz` writes "images"
@@ -128,11 +128,11 @@ def sample_shape(images: Tensor | ImageFolder | NpzImages) -> tuple[int, int, in
 
 def load_samples(samples: Tensor | str | os.PathLike) -> Tensor:
     """Every sample in one float32 tensor [N, C, H, W] in [-1, 1] (see `open_samples`)."""
+    if not isinstance(samples, Tensor) and Path(samples).is_dir():
+        return load_images(samples)[0]
     images = open_samples(samples)
     if isinstance(images, Tensor):
         return images
-    if isinstance(images, ImageFolder):
-        return torch.stack([images[i][0] for i in range(len(images))])
     try:
         return images[0 : len(images)]
     finally:
