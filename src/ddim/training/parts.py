@@ -33,9 +33,11 @@ def parts_for(device: torch.device, micro_batch: int, whole: bool) -> int:
     """How many parts a micro-batch is split into: 2 on a CPU for an even micro-batch, unless it
     must stay `whole`: under DistributedDataParallel (its all-reduce hooks want one backward
     call), torch.compile (graphs compiled concurrently) or dropout (its masks come from torch's
-    global generator, in whatever order the threads ask). 2 and not more: each part's Python
-    work holds the GIL, and only 2 cores were measured. Not the thread count, which the load
-    changes: the parts are what the result depends on."""
+    global generator, in whatever order the threads ask). 2 and not more: only 2 cores were
+    measured, and there two parts at once already run up to 1.3x slower each than one alone
+    (shared caches and memory, not the GIL: two processes slow down as much; docs/performance.md,
+    section 6). Not the thread count, which the load changes: the parts are what the result
+    depends on."""
     return 2 if device.type == "cpu" and micro_batch % 2 == 0 and not whole else 1
 
 
