@@ -13,7 +13,14 @@ from ddim import sample
 from ddim.config import DiffusionConfig
 from ddim.data import load_dataset
 from ddim.training import CheckpointError, load_checkpoint, train
-from ddim.training.checkpoint import DamagedCheckpoint, read_config, read_state
+from ddim.training.checkpoint import (
+    DamagedCheckpoint,
+    damage,
+    list_checkpoints,
+    read_config,
+    read_state,
+    save_checkpoint,
+)
 
 EXECUTED = []
 
@@ -89,6 +96,30 @@ def test_a_crash_while_saving_leaves_the_last_checkpoint_whole(tmp_path, digits,
     got = load_file(end / "model.safetensors")
     for key in want:
         torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6)
+
+
+def test_a_crash_while_deleting_an_old_checkpoint_leaves_no_partial_one(tmp_path, run_dir, RUN, monkeypatch):
+    """keep_last deletes the oldest checkpoint; a kill midway (here: rmtree stops after one file)
+    leaves only a hidden .tmp- folder, never a step-XXXXXX folder missing files, and the next
+    save clears it."""
+    root = shutil.copytree(run_dir / "checkpoints", tmp_path / "checkpoints")
+    newest = root / "step-000002"
+    states = [load_file(newest / name) for name in ("model.safetensors", "ema.safetensors")]
+    train_state = torch.load(newest / "state.pt", weights_only=True)
+
+    def killed_midway(folder, *args, **kwargs):
+        next(folder.iterdir()).unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(root, 3, RUN, *states, {**train_state, "step": 3}, keep_last=2)
+    monkeypatch.undo()
+    assert [p.name for p in list_checkpoints(root)] == ["step-000002", "step-000003"]
+    assert [damage(p) for p in list_checkpoints(root)] == [None, None]
+    assert [p.name for p in root.glob(".tmp-*")] == [".tmp-step-000001"]
+    save_checkpoint(root, 4, RUN, *states, {**train_state, "step": 4}, keep_last=2)
+    assert sorted(p.name for p in root.iterdir()) == ["step-000003", "step-000004"]
 
 
 def _edit_config(checkpoint, edit) -> None:

@@ -5,9 +5,11 @@ A checkpoint is one folder `<run>/checkpoints/step-XXXXXX/` holding
     config.json         {"format": "ddim-checkpoint", "version": 1, "step": ..., "run": RunConfig.to_dict()}
     state.pt            what resuming needs: optimizer state, step, data position, RNG states
 It is written into a hidden sibling folder, flushed to disk and renamed into place, so a crash
-while saving leaves the previous checkpoints whole. Loading never runs code from a file:
-weights are read with safetensors and state.pt with `torch.load(weights_only=True)`. The noise
-schedule is rebuilt from the saved DiffusionConfig, never read from the weights.
+while saving leaves the previous checkpoints whole; an old one is deleted (`keep_last`) only after
+being renamed to a hidden folder, so a crash while deleting leaves no partial step-XXXXXX.
+Loading never runs code from a file: weights are read with safetensors and state.pt with
+`torch.load(weights_only=True)`. The noise schedule is rebuilt from the saved DiffusionConfig,
+never read from the weights.
 
 A damaged newest checkpoint does not block a run: `find_checkpoint` on a run folder falls back to
 the newest intact one and warns (`DamagedCheckpoint`, one line) naming what it skipped; a new
@@ -157,8 +159,17 @@ def save_checkpoint(
         raise
     if keep_last > 0:
         for old in list_checkpoints(root)[:-keep_last]:
-            shutil.rmtree(old)
+            _remove(old)
     return final
+
+
+def _remove(checkpoint: Path) -> None:
+    """Delete a checkpoint folder so that a crash midway never leaves a partial step-XXXXXX
+    folder: it is renamed to a hidden .tmp- name first (atomic), which the next save clears."""
+    hidden = checkpoint.with_name(f".tmp-{checkpoint.name}")
+    os.rename(checkpoint, hidden)
+    _fsync(checkpoint.parent)
+    shutil.rmtree(hidden)
 
 
 # ---- loading --------------------------------------------------------------------------------
