@@ -98,12 +98,14 @@ def test_a_crash_while_saving_leaves_the_last_checkpoint_whole(tmp_path, digits,
         torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-6)
 
 
-def test_a_crash_while_deleting_an_old_checkpoint_leaves_no_partial_one(tmp_path, run_dir, RUN, monkeypatch):
+def test_a_crash_while_deleting_an_old_checkpoint_leaves_no_partial_one(
+    tmp_path, digits, run_dir, RUN, monkeypatch
+):
     """keep_last deletes the oldest checkpoint; a kill midway (here: rmtree stops after one file)
-    leaves only a hidden .tmp- folder, never a step-XXXXXX folder missing files, and the next
-    save clears it."""
-    root = shutil.copytree(run_dir / "checkpoints", tmp_path / "checkpoints")
-    newest = root / "step-000002"
+    leaves only a hidden .tmp- folder, never a step-XXXXXX folder missing files, and a resume
+    clears it, even with no step left to train."""
+    out = shutil.copytree(run_dir, tmp_path / "run")
+    root, newest = out / "checkpoints", out / "checkpoints" / "step-000002"
     states = [load_file(newest / name) for name in ("model.safetensors", "ema.safetensors")]
     train_state = torch.load(newest / "state.pt", weights_only=True)
 
@@ -118,8 +120,8 @@ def test_a_crash_while_deleting_an_old_checkpoint_leaves_no_partial_one(tmp_path
     assert [p.name for p in list_checkpoints(root)] == ["step-000002", "step-000003"]
     assert [damage(p) for p in list_checkpoints(root)] == [None, None]
     assert [p.name for p in root.glob(".tmp-*")] == [".tmp-step-000001"]
-    save_checkpoint(root, 4, RUN, *states, {**train_state, "step": 4}, keep_last=2)
-    assert sorted(p.name for p in root.iterdir()) == ["step-000003", "step-000004"]
+    assert train(RUN, out, resume=True, progress=False, dataset=digits) == root / "step-000003"
+    assert sorted(p.name for p in root.iterdir()) == ["step-000002", "step-000003"]
 
 
 def _edit_config(checkpoint, edit) -> None:

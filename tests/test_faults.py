@@ -73,7 +73,7 @@ def assert_same(a: Path, b: Path) -> None:
 
 def assert_whole(out: Path, killed: bool = False) -> None:
     """Every checkpoint of a run loads, and no partial folder is left (after kill -9, one hidden
-    .tmp-step-* folder may be: the next save removes it)."""
+    .tmp-step-* folder may be: the next run on the folder removes it)."""
     for checkpoint in list_checkpoints(out / "checkpoints"):
         load_checkpoint(checkpoint)
     assert len(list((out / "checkpoints").glob(".tmp-*"))) <= killed

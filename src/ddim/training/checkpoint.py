@@ -6,7 +6,8 @@ A checkpoint is one folder `<run>/checkpoints/step-XXXXXX/` holding
     state.pt            what resuming needs: optimizer state, step, data position, RNG states
 It is written into a hidden sibling folder, flushed to disk and renamed into place, so a crash
 while saving leaves the previous checkpoints whole; an old one is deleted (`keep_last`) only after
-being renamed to a hidden folder, so a crash while deleting leaves no partial step-XXXXXX.
+being renamed to a hidden folder, so a crash while deleting leaves no partial step-XXXXXX (the
+hidden leftovers are cleared when the run resumes).
 Loading never runs code from a file: weights are read with safetensors and state.pt with
 `torch.load(weights_only=True)`. The noise schedule is rebuilt from the saved DiffusionConfig,
 never read from the weights.
@@ -121,6 +122,13 @@ def _save_tensors(state: dict[str, Tensor], file: Path) -> None:
         raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(file)) from e
 
 
+def clear_partial(root: Path) -> None:
+    """Remove the hidden .tmp-step-* folders that a killed process left half written or half
+    deleted under a checkpoints folder `root`."""
+    for leftover in root.glob(".tmp-step-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
 def save_checkpoint(
     root: str | os.PathLike,
     step: int,
@@ -135,8 +143,7 @@ def save_checkpoint(
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(step)
-    for leftover in root.glob(".tmp-step-*"):  # partial folders of a killed process
-        shutil.rmtree(leftover, ignore_errors=True)
+    clear_partial(root)
     if final.exists():  # a damaged checkpoint skipped on resume: keep it aside, never delete it
         os.rename(final, root / f"{final.name}.damaged")
     tmp = root / f".tmp-{final.name}"

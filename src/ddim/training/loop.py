@@ -55,6 +55,7 @@ from ddim.training.checkpoint import (
     CHECKPOINTS,
     EMA,
     MODEL,
+    clear_partial,
     find_checkpoint,
     list_checkpoints,
     load_weights,
@@ -127,6 +128,7 @@ def _train(
     if main:  # every output folder writable now, not after the first steps
         for folder in (ckpt_root, out_dir / "samples") if cfg.sample_every else (ckpt_root,):
             check_writable(folder)
+        clear_partial(ckpt_root)  # what a killed process left hidden
     existing = list_checkpoints(ckpt_root)
     if existing and not resume:
         raise BadValue(
