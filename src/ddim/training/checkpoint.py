@@ -172,7 +172,7 @@ def save_checkpoint(
 
 def _remove(checkpoint: Path) -> None:
     """Delete a checkpoint folder so that a crash midway never leaves a partial step-XXXXXX
-    folder: it is renamed to a hidden .tmp- name first (atomic), which the next save clears."""
+    folder: it is renamed to a hidden .tmp- name first (atomic), which `clear_partial` removes."""
     hidden = checkpoint.with_name(f".tmp-{checkpoint.name}")
     os.rename(checkpoint, hidden)
     _fsync(checkpoint.parent)
