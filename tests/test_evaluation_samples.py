@@ -11,7 +11,7 @@ from ddim.errors import BadFile, BadValue
 from ddim.evaluation import NpzImages, load_samples
 
 
-@pytest.mark.parametrize("save", ["writer", "savez", "compressed", "float", "grey"])
+@pytest.mark.parametrize("save", ["writer", "savez", "compressed", "float", "big-endian", "grey"])
 def test_npz_images_read_slices_as_np_load_does(tmp_path, save):
     images = load_dataset("digits").images[:37]
     pixels, path = to_uint8(images), tmp_path / "x.npz"
@@ -26,6 +26,8 @@ def test_npz_images_read_slices_as_np_load_does(tmp_path, save):
         np.savez_compressed(path, samples=pixels)
     elif save == "float":
         np.savez(path, images.numpy())
+    elif save == "big-endian":
+        np.savez(path, images.numpy().astype(">f4"))
     else:
         np.savez(path, pixels[..., 0])  # [N, H, W]
     whole = load_samples(path)

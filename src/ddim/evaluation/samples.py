@@ -79,7 +79,7 @@ class NpzImages:
             raise _unreadable(self.path, e) from e
         self._row = stop
         array = np.frombuffer(data, self.dtype).reshape(stop - start, *self.stored_shape[1:])
-        x = torch.from_numpy(array.copy())
+        x = torch.from_numpy(array.astype(self.dtype.newbyteorder("=")))  # a copy, in this CPU's byte order
         return normalize(x).movedim(-1, 1) if self._uint8 else x.float()
 
     def close(self) -> None:
